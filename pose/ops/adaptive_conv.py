@@ -34,7 +34,9 @@ def affine_to_offsets(affine: Tensor) -> Tensor:
     Returns:
         Tensor[B, 18, H, W]: channel ``2k`` is ``dy`` and ``2k + 1`` is ``dx`` of tap ``k``.
     """
-    torch._assert(affine.dim() == 4 and affine.shape[1] == 4, f"affine must be (B, 4, H, W), got {tuple(affine.shape)}")
+    torch._assert(
+        affine.dim() == 4 and affine.shape[1] == 4, f"affine must be (B, 4, H, W), got {tuple(affine.shape)}"
+    )
     grid = REGULAR_GRID.to(device=affine.device, dtype=affine.dtype)
     gy = grid[0].view(1, 9, 1, 1)
     gx = grid[1].view(1, 9, 1, 1)
