@@ -1,0 +1,101 @@
+"""Test-time forward: flip test per scale, then heatmaps fused across scales (SPEC §3.2-3.3).
+
+Works on batches on any device. Per scale it returns the flip-averaged heatmaps and the *absolute*
+keypoint positions regressed at every pixel; the fused heatmap is every scale's heatmaps brought to the
+scale-1 input resolution and averaged, which is where grouping happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pose.models.hrnet import PoseOutput
+
+__all__ = ["ScaleOutput", "flip_test", "fuse_heatmaps", "offsets_to_keypoints", "up_interpolate"]
+
+
+@dataclass
+class ScaleOutput:
+    """One scale's flip-aggregated outputs."""
+
+    heatmaps: Tensor  # (B, K + 1, h, w) keypoint heatmaps then the center heatmap
+    keypoints: Tensor  # (B, 2K, h, w) absolute (x, y) of each joint regressed at each pixel, in map pixels
+
+
+def offsets_to_keypoints(offsets: Tensor) -> Tensor:
+    """(B, 2K, h, w) offsets (pixel - joint) to absolute joint positions ``pixel - offset``."""
+    b, c, h, w = offsets.shape
+    xs = torch.arange(w, device=offsets.device, dtype=offsets.dtype).view(1, 1, 1, w)
+    ys = torch.arange(h, device=offsets.device, dtype=offsets.dtype).view(1, 1, h, 1)
+    off = offsets.view(b, c // 2, 2, h, w)
+    return torch.stack((xs - off[:, :, 0], ys - off[:, :, 1]), dim=2).view(b, c, h, w)
+
+
+def up_interpolate(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Integer upsampling that maps map pixel ``i`` exactly onto pixel ``s * i`` (authors' ``up_interpolate``).
+
+    Bilinear with ``align_corners=True`` to ``size - s + 1``, then replicate the last row/column ``s - 1``
+    times.
+    """
+    h, w = x.shape[-2:]
+    sh, sw = int(size[0] / h), int(size[1] / w)
+    y = F.interpolate(x, size=(size[0] - sh + 1, size[1] - sw + 1), mode="bilinear", align_corners=True)
+    return F.pad(y, (0, sw - 1, 0, sh - 1), mode="replicate")
+
+
+def _shifted_flip(x: Tensor, shift: int) -> Tensor:
+    """Mirror the input and move it ``shift`` pixels left, zero-filling the right edge (authors' flip input)."""
+    flipped = torch.flip(x, [3])
+    out = torch.zeros_like(x)
+    out[..., : x.shape[-1] - shift] = flipped[..., shift:]
+    return out
+
+
+def flip_test(
+    model: nn.Module, x: Tensor, flip_index: list[int] | None, flip_shift: int = 3
+) -> ScaleOutput:
+    """Forward ``x`` (B, 3, H, W), and its mirrored twin when ``flip_index`` is given, and average them.
+
+    The flipped pass is un-mirrored: heatmap channels are permuted by ``flip_index`` (center kept last),
+    regressed joints are permuted, their x mirrored as ``w - 1 - x`` and the map flipped back.
+    For HigherHRNet the keypoint channels are the mean of the 2x head and the upsampled 4x heatmaps, and a
+    third pass with a 1-pixel shift provides the flipped 2x heatmap, as in the authors' code.
+    """
+    out: PoseOutput = model(x)
+    heat, kpts = _combine(out, out.heatmaps_2x)
+    if flip_index is None:
+        return ScaleOutput(heat, kpts)
+    out_f: PoseOutput = model(_shifted_flip(x, flip_shift))
+    heat_2x_f = model(_shifted_flip(x, 1)).heatmaps_2x if out.heatmaps_2x is not None else None
+    heat_f, kpts_f = _combine(out_f, heat_2x_f)
+    k = len(flip_index)
+    heat_index = [*flip_index, *range(k, heat_f.shape[1])]
+    heat_f = torch.flip(heat_f, [3])[:, heat_index]
+    b, _, h, w = kpts_f.shape
+    joints = kpts_f.view(b, k, 2, h, w)[:, flip_index]
+    joints = torch.stack((w - joints[:, :, 0] - 1, joints[:, :, 1]), dim=2)  # w = the map's width
+    kpts_f = torch.flip(joints.view(b, 2 * k, h, w), [3])
+    return ScaleOutput((heat + heat_f) / 2, (kpts + kpts_f) / 2)
+
+
+def _combine(out: PoseOutput, heat_2x: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One orientation's heatmaps and joint positions at the resolution of the finest heatmap."""
+    kpts = offsets_to_keypoints(out.offsets)
+    if heat_2x is None:
+        return out.heatmaps, kpts
+    size = heat_2x.shape[-2:]
+    heat = up_interpolate(out.heatmaps, (size[0], size[1]))
+    k = heat_2x.shape[1]
+    heat = torch.cat([(heat[:, :k] + heat_2x) / 2, heat[:, k:]], dim=1)
+    # Joint positions: coordinates doubled, 4x pixel i copied to 2x pixels 2i and 2i + 1.
+    kpts = F.interpolate(kpts * (size[0] / kpts.shape[-2]), size=size, mode="nearest")
+    return heat, kpts
+
+
+def fuse_heatmaps(heatmaps: list[Tensor], base_size: tuple[int, int]) -> Tensor:
+    """Mean over scales of each scale's heatmaps brought to the scale-1 input size (H, W)."""
+    return torch.stack([up_interpolate(h, base_size) for h in heatmaps]).mean(dim=0)
