@@ -1,0 +1,278 @@
+"""Batched grouping: center NMS, pose NMS, heatmap absorption and Gaussian refinement (SPEC §4.1-4.4).
+
+Semantics are the authors' ``HeatmapRegParser.parse``, including its quirks (sub-threshold keypoint
+candidates stay absorbable with value 0; the non-absorbed heat lookup reads row=int(x), col=int(y)); they
+are kept because published AP numbers depend on them. Everything runs as tensor code over the whole batch
+on the input's device. The one sequential step is the greedy pose NMS, whose outcome depends on the
+order of decisions: it iterates over candidate *ranks* (at most ``max_people`` per scale), each step a
+batch-wide tensor operation, so its cost does not grow with the batch. Host syncs: none.
+
+Letters: B batch, S scales, N candidates (S * max_people), P poses, K keypoints, T top-k candidates.
+Padded batches: every map may be padded at right/bottom; ``sizes`` carry each image's valid size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pose.config import DecodeConfig
+from pose.gaussian_fit import fit_gaussians
+
+__all__ = ["Poses", "group_poses"]
+
+_NEG = -1e30  # fills padding so it never wins a max-pool or a top-k
+
+
+@dataclass
+class Poses:
+    """Grouped poses of a batch, in the authors' order (not sorted by final score)."""
+
+    keypoints: Tensor  # (B, P, K, 3) x, y, score in pixels of the scale-1 network input
+    scores: Tensor  # (B, P) mean joint score (the paper's naive score)
+    center_scores: Tensor  # (B, P) center-heatmap peak of each pose
+    valid: Tensor  # (B, P) bool: P is the largest count in the batch
+
+
+def _mask_padding(x: Tensor, sizes: Tensor) -> Tensor:
+    """Set pixels outside each image's (h, w) to a very negative value."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (rows < sizes[:, 0].view(-1, 1, 1)) & (cols < sizes[:, 1].view(-1, 1, 1))  # (B, h, w)
+    inside = inside.view(x.shape[0], *([1] * (x.dim() - 3)), h, w)
+    return torch.where(inside, x, torch.full_like(x, _NEG))
+
+
+def _peaks(x: Tensor, kernel: Tensor) -> Tensor:
+    """Zero every pixel that is not the max of its window; ``kernel`` (B,) is 3, 5 or 7 per image."""
+    out = torch.zeros_like(x)
+    for k in (3, 5, 7):
+        use = kernel == k
+        pooled = F.max_pool2d(x, k, 1, k // 2)
+        keep = (pooled == x) & use.view(-1, *([1] * (x.dim() - 1)))
+        out = torch.where(keep, x, out)
+    return out
+
+
+def _center_candidates(
+    heatmaps: list[Tensor], keypoints: list[Tensor], map_sizes: list[Tensor], scales: list[float],
+    base_sizes: Tensor, cfg: DecodeConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Top centers of every scale with the joints regressed there, in base-input pixels.
+
+    Returns candidates (B, N, K, 2), their center scores (B, N) and validity (B, N), scales in list order,
+    each by descending score.
+    """
+    if 1.0 not in scales:
+        raise ValueError(f"scales must include 1.0 (the grouping resolution), got {scales}")
+    one = scales.index(1.0)
+    k = keypoints[0].shape[1] // 2
+    max_ori = _mask_padding(heatmaps[one][:, -1], map_sizes[one]).flatten(1).amax(1)  # (B,)
+    all_pos, all_val, all_ok = [], [], []
+    for heat, kpts, size, scale in zip(heatmaps, keypoints, map_sizes, scales, strict=True):
+        b, _, h, w = heat.shape
+        factor = 1.0 if scale == 1.0 else cfg.scale_decrease
+        center = _mask_padding(heat[:, -1], size)  # (B, h, w)
+        center_max = center.flatten(1).amax(1).view(b, 1, 1)
+        center = factor * center / center_max * max_ori.view(b, 1, 1)
+        center = _mask_padding(center, size)
+        mean_side = (size[:, 0] + size[:, 1]).float() / 2
+        hi, lo = cfg.pool_thresholds
+        kernel = torch.where(mean_side > hi, 7, torch.where(mean_side > lo, 5, 3))
+        val, idx = _peaks(center.unsqueeze(1), kernel).flatten(1).topk(min(cfg.max_people, h * w), dim=1)
+        ratio = (base_sizes[:, 1].float() / size[:, 1].float()).view(b, 1, 1, 1)  # Wb / w per image
+        joints = kpts.view(b, k, 2, h * w).permute(0, 3, 1, 2)  # (B, h*w, K, 2)
+        pos = ratio * torch.gather(joints, 1, idx.view(b, -1, 1, 1).expand(-1, -1, k, 2))
+        all_pos.append(pos)
+        all_val.append(val)
+        all_ok.append(val > cfg.keypoint_threshold * factor)
+    return torch.cat(all_pos, 1), torch.cat(all_val, 1), torch.cat(all_ok, 1)
+
+
+def _pose_nms(pos: Tensor, score: Tensor, ok: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tensor]:
+    """The authors' greedy duplicate removal. Returns kept candidate indices (B, P) and validity (B, P).
+
+    Two candidates are duplicates when more than ``pose_nms_overlap`` joints lie closer than
+    ``pose_nms_distance``. Walking candidates in order, each not-yet-ignored one elects the best-scoring
+    member of its duplicate set; the elected one is kept unless already ignored, and the whole set is
+    ignored from then on.
+    """
+    b, n = score.shape
+    dist = torch.linalg.vector_norm(pos.unsqueeze(2) - pos.unsqueeze(1), dim=-1)  # (B, N, N, K)
+    similar = ((dist < cfg.pose_nms_distance).sum(-1) > cfg.pose_nms_overlap) & ok.unsqueeze(1) & ok.unsqueeze(2)
+    masked_score = torch.where(similar, score.unsqueeze(1), torch.full_like(similar, float("-inf"), dtype=score.dtype))
+    best = masked_score.argmax(-1)  # (B, N): elected member of each candidate's set
+    ignored = ~ok
+    kept = torch.zeros_like(ok)
+    elected_at = torch.full((b, n), n, dtype=torch.long, device=score.device)  # step at which a pose was kept
+    rows = torch.arange(b, device=score.device)
+    for i in range(n):  # sequential by definition; each step is batch-wide
+        m = best[:, i]
+        keep = ~ignored[:, i] & ~ignored[rows, m]
+        kept[rows, m] |= keep
+        elected_at[rows, m] = torch.where(keep, torch.full_like(m, i), elected_at[rows, m])
+        ignored |= similar[:, i] & keep.unsqueeze(1)
+    count = kept.sum(1)
+    # Keep order = election order; more than max_people: the best max_people, by descending score.
+    order = torch.where(kept, elected_at.to(score.dtype), torch.full_like(score, float("inf"))).argsort(dim=1, stable=True)
+    too_many = (count > cfg.max_people).view(b, 1)
+    by_score = torch.where(kept, score, torch.full_like(score, float("-inf"))).argsort(dim=1, descending=True, stable=True)
+    order = torch.where(too_many, by_score, order)[:, : cfg.max_people]
+    valid = torch.arange(order.shape[1], device=score.device).view(1, -1) < count.clamp(max=cfg.max_people).view(b, 1)
+    return order, valid
+
+
+def _bilinear_trunc(heat: Tensor, xy: Tensor, sizes: Tensor) -> Tensor:
+    """Heat at (x, y) from the 4 neighbours of (int(x), int(y)); 0 when any neighbour is outside.
+
+    Args:
+        heat: (B, K, H, W); xy: (B, P, K, 2); sizes: (B, 2) valid (H, W). Returns (B, P, K).
+    """
+    b, k, h, w = heat.shape
+    x, y = xy[..., 0], xy[..., 1]
+    x0, y0 = torch.trunc(x), torch.trunc(y)
+    u, v = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    hb, wb = sizes[:, 0].view(b, 1, 1), sizes[:, 1].view(b, 1, 1)
+    inside = (x0 >= 0) & (x0 + 1 < wb) & (y0 >= 0) & (y0 + 1 < hb)
+    xc, yc = x0.clamp(0, w - 2), y0.clamp(0, h - 2)
+    flat = heat.flatten(2)  # (B, K, H*W)
+
+    def at(yy: Tensor, xx: Tensor) -> Tensor:
+        return torch.gather(flat, 2, (yy * w + xx).transpose(1, 2)).transpose(1, 2)  # (B, P, K)
+
+    value = (
+        (1 - u) * (1 - v) * at(yc, xc) + u * (1 - v) * at(yc, xc + 1) + (1 - u) * v * at(yc + 1, xc) + u * v * at(yc + 1, xc + 1)
+    )
+    return torch.where(inside, value, torch.zeros_like(value))
+
+
+def _absorb(fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tensor]:
+    """Move each joint to the nearest same-type heatmap peak within ``max_absorb_distance``.
+
+    Peaks: 5x5 max-pool NMS, top ``max_people`` per joint type, values below the threshold set to 0 (but
+    still absorbable). A joint with no peak in range keeps its position and multiplies its score by the
+    heat at row=int(x), col=int(y), clamped: the authors' swapped lookup, kept for parity.
+    """
+    b, k, h, w = fused.shape
+    heat = _mask_padding(fused, sizes)
+    peak = _peaks(heat, torch.full((b,), 5, device=fused.device)).flatten(2)  # (B, K, H*W)
+    val, idx = peak.topk(min(cfg.max_people, h * w), dim=2)  # (B, K, T)
+    val = val * (val > cfg.keypoint_threshold)
+    cand = torch.stack(((idx % w).to(fused.dtype), (idx // w).to(fused.dtype)), -1)  # (B, K, T, 2)
+    dist = torch.linalg.vector_norm(joints.unsqueeze(3) - cand.unsqueeze(1), dim=-1)  # (B, P, K, T)
+    nearest_dist, nearest = dist.min(-1)
+    absorbed = nearest_dist < cfg.max_absorb_distance
+    p = joints.shape[1]
+    gather_idx = nearest.unsqueeze(-1)  # (B, P, K, 1)
+    cand_xy = torch.gather(cand.unsqueeze(1).expand(-1, p, -1, -1, -1), 3, gather_idx.unsqueeze(-1).expand(-1, -1, -1, 1, 2)).squeeze(3)
+    cand_val = torch.gather(val.unsqueeze(1).expand(-1, p, -1, -1), 3, gather_idx).squeeze(3)
+    # Swapped lookup: row from x, column from y, each clamped to the *other* axis' range.
+    row = torch.trunc(joints[..., 0]).long().clamp(min=0).minimum(sizes[:, 0].view(b, 1, 1) - 1)
+    col = torch.trunc(joints[..., 1]).long().clamp(min=0).minimum(sizes[:, 1].view(b, 1, 1) - 1)
+    swapped = torch.gather(fused.flatten(2), 2, (row * w + col).transpose(1, 2)).transpose(1, 2)
+    new_joints = torch.where(absorbed.unsqueeze(-1), cand_xy, joints)
+    new_scores = scores * torch.where(absorbed, cand_val, swapped)
+    return new_joints, new_scores
+
+
+def _refine(
+    fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, center: Tensor, valid: Tensor, cfg: DecodeConfig
+) -> tuple[Tensor, Tensor]:
+    """Gaussian-fit refinement of every joint scoring above ``adjust_threshold`` (SPEC §4.4)."""
+    b, k, h, w = fused.shape
+    p = joints.shape[1]
+    hb, wb = sizes[:, 0].view(b, 1, 1), sizes[:, 1].view(b, 1, 1)
+    r = torch.trunc(joints[..., 1] + 0.5).long()  # (B, P, K)
+    c = torch.trunc(joints[..., 0] + 0.5).long()
+    todo = valid.unsqueeze(-1) & (scores > cfg.adjust_threshold)
+    todo &= (r != 0) & (r != hb - 1) & (c != 0) & (c != wb - 1)
+    todo &= (r >= -hb) & (r < hb) & (c >= -wb) & (c < wb)  # else the authors' code raises and skips
+    # Window F[r_lo:r_stop, c_lo:c_stop] with Python slice semantics (a negative stop counts from the end).
+    r_lo, r_stop = (r - 6).clamp(min=0), torch.minimum(hb - 1, r + 6) + 1
+    c_lo, c_stop = (c - 6).clamp(min=0), torch.minimum(wb - 1, c + 6) + 1
+    r_stop = torch.where(r_stop < 0, r_stop + hb, r_stop)
+    c_stop = torch.where(c_stop < 0, c_stop + wb, c_stop)
+    rows, cols = r_stop - r_lo, c_stop - c_lo
+    todo &= (rows > 0) & (cols > 0) & (rows * cols >= 4)  # curve_fit raises with fewer samples than parameters
+    sel = todo.nonzero(as_tuple=True)
+    if sel[0].numel() == 0:  # nonzero() syncs once; every later shape depends on it
+        return joints, scores
+    bi, ki = sel[0], sel[2]
+    rows_s, cols_s, rlo_s, clo_s = rows[sel], cols[sel], r_lo[sel], c_lo[sel]
+    # Window values in row-major order, padded to 13 x 13 with a mask.
+    f = torch.arange(169, device=fused.device).view(1, -1)
+    inside = f < (rows_s * cols_s).view(-1, 1)
+    wr = f // cols_s.view(-1, 1) + rlo_s.view(-1, 1)
+    wc = f % cols_s.view(-1, 1) + clo_s.view(-1, 1)
+    flat = fused[:, :k].flatten(2)  # (B, K, H*W)
+    lin = (wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1))
+    data = flat[bi.view(-1, 1), ki.view(-1, 1), lin]  # (M, 169)
+    # The authors' xdata pairs value f with (f // rows, f % rows): right for square windows only.
+    a = (f // rows_s.view(-1, 1)).to(torch.float64)
+    bcoord = (f % rows_s.view(-1, 1)).to(torch.float64)
+    rr, cc = r[sel] % hb.view(-1)[bi], c[sel] % wb.view(-1)[bi]  # negative indices wrap, as in torch
+    start = torch.stack(
+        [flat[bi, ki, rr * w + cc].double(), (r[sel] - rlo_s).double(), (c[sel] - clo_s).double(), torch.full_like(a[:, 0], 2.0)],
+        dim=1,
+    )
+    params, ok = fit_gaussians(a, bcoord, data.double(), inside, start)
+    amp, y0, x0 = params[:, 0], params[:, 1], params[:, 2]
+    new_xy = torch.stack([(clo_s.double() + x0), (rlo_s.double() + y0)], -1).to(joints.dtype)
+    new_score = (amp * center.unsqueeze(-1).expand(-1, -1, k)[sel].double()).to(scores.dtype)
+    joints = joints.clone()
+    scores = scores.clone()
+    joints[sel] = torch.where(ok.unsqueeze(-1), new_xy, joints[sel])
+    scores[sel] = torch.where(ok, new_score, scores[sel])
+    return joints, scores
+
+
+def group_poses(
+    heatmaps: list[Tensor],
+    keypoints: list[Tensor],
+    fused: Tensor,
+    scales: list[float],
+    cfg: DecodeConfig,
+    base_sizes: Tensor | None = None,
+    map_sizes: list[Tensor] | None = None,
+) -> Poses:
+    """Group one batch's network outputs into poses in scale-1 input pixels.
+
+    Args:
+        heatmaps: per scale, Tensor[B, K + 1, h_s, w_s] flip-aggregated heatmaps (center last).
+        keypoints: per scale, Tensor[B, 2K, h_s, w_s] absolute joint positions in map pixels.
+        fused: Tensor[B, K + 1, H, W] heatmaps fused at the scale-1 input resolution.
+        scales: the scale of each entry, in processing order; must contain 1.0.
+        cfg: thresholds.
+        base_sizes: Tensor[B, 2] valid (H, W) of ``fused`` per image (default: its full size).
+        map_sizes: per scale, Tensor[B, 2] valid (h_s, w_s) (default: the full map sizes).
+
+    Returns:
+        :class:`Poses` with ``P <= cfg.max_people``.
+    """
+    b, kp1, h, w = fused.shape
+    k = kp1 - 1
+    dev = fused.device
+    if base_sizes is None:
+        base_sizes = torch.tensor([[h, w]], device=dev).expand(b, 2)
+    if map_sizes is None:
+        map_sizes = [torch.tensor([list(x.shape[-2:])], device=dev).expand(b, 2) for x in heatmaps]
+    pos, score, ok = _center_candidates(heatmaps, keypoints, map_sizes, scales, base_sizes, cfg)
+    order, valid = _pose_nms(pos, score, ok, cfg)
+    p = order.shape[1]
+    joints = torch.gather(pos, 1, order.view(b, p, 1, 1).expand(-1, -1, k, 2))  # (B, P, K, 2)
+    center = torch.gather(score, 1, order) * valid  # (B, P)
+    if cfg.absorb:
+        joint_scores = center.unsqueeze(-1).expand(-1, -1, k)
+        joints, joint_scores = _absorb(fused[:, :k], base_sizes, joints, joint_scores, cfg)
+        if cfg.refine:
+            joints, joint_scores = _refine(fused, base_sizes, joints, joint_scores, center, valid, cfg)
+    else:
+        joint_scores = center.unsqueeze(-1) * _bilinear_trunc(fused[:, :k], joints, base_sizes)
+    joint_scores = joint_scores * valid.unsqueeze(-1)
+    kpts = torch.cat([joints, joint_scores.unsqueeze(-1)], -1)
+    return Poses(kpts, joint_scores.mean(-1), center, valid)

@@ -1,0 +1,98 @@
+"""Network outputs of a batch to ranked poses in original-image pixels (SPEC §3.3-4.5).
+
+Fuses every scale's heatmaps at the scale-1 input resolution, groups (:mod:`pose.decode`), maps joints
+back through each image's inverse affine, and rescales pose scores by the scoring net. All batch-first
+tensor code on the outputs' device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pose.config import DecodeConfig
+from pose.decode import group_poses
+from pose.inference import ScaleOutput, up_interpolate
+from pose.rescore import ScoringNet, pose_features
+
+__all__ = ["PoseBatch", "fuse_scales", "postprocess"]
+
+
+@dataclass
+class PoseBatch:
+    """Poses of a batch, padded to the largest count; ``valid`` marks real ones. Authors' order."""
+
+    keypoints: Tensor  # (B, P, K, 3) x, y, score in original-image pixels
+    keypoints_input: Tensor  # (B, P, K, 3) the same in scale-1 network-input pixels
+    scores: Tensor  # (B, P) final score: predicted OKS x grouping score (grouping score without a net)
+    grouping_scores: Tensor  # (B, P) mean joint score
+    center_scores: Tensor  # (B, P)
+    boxes: Tensor  # (B, P, 4) x, y, w, h around the keypoints
+    valid: Tensor  # (B, P) bool
+
+
+def fuse_scales(heatmaps: list[Tensor], base_size: tuple[int, int], map_sizes: list[Tensor] | None = None) -> Tensor:
+    """Mean of every scale's heatmaps brought to the scale-1 input size, per-image exact under padding.
+
+    ``up_interpolate`` replicates each map's last row and column; in a padded batch an image's last
+    valid row is not the tensor's, so those rows are re-read from the image's own last valid pixel.
+    """
+    fused = []
+    for heat, sizes in zip(heatmaps, map_sizes or [None] * len(heatmaps), strict=True):
+        up = up_interpolate(heat, base_size)
+        if sizes is not None:
+            b, c, hh, ww = up.shape
+            s_h, s_w = hh // heat.shape[-2], ww // heat.shape[-1]
+            rows = torch.arange(hh, device=up.device).view(1, hh).minimum((sizes[:, 0:1] - 1) * s_h)  # (B, H)
+            cols = torch.arange(ww, device=up.device).view(1, ww).minimum((sizes[:, 1:2] - 1) * s_w)
+            up = torch.gather(up, 2, rows.view(b, 1, hh, 1).expand(b, c, hh, ww))
+            up = torch.gather(up, 3, cols.view(b, 1, 1, ww).expand(b, c, hh, ww))
+        fused.append(up)
+    return torch.stack(fused).mean(0)
+
+
+def postprocess(
+    outputs: list[ScaleOutput],
+    scales: list[float],
+    input_size: tuple[int, int],
+    inverse_matrices: Tensor,
+    cfg: DecodeConfig,
+    scoring_net: ScoringNet | None,
+    sticks: list[tuple[int, int]],
+    base_sizes: Tensor | None = None,
+    map_sizes: list[Tensor] | None = None,
+) -> PoseBatch:
+    """Group, map back to each image and score.
+
+    Args:
+        outputs: per scale (processing order), flip-aggregated maps, Tensor[B, K + 1, h_s, w_s] and
+            Tensor[B, 2K, h_s, w_s].
+        scales: scale of each entry; contains 1.0.
+        input_size: (H, W) of the scale-1 network input batch, where grouping happens.
+        inverse_matrices: Tensor[B, 2, 3] scale-1 input pixels -> original image pixels.
+        cfg: decoding thresholds; ``cfg.rescore`` False or no net gives the paper's naive score.
+        sticks: the scoring feature's sticks.
+        base_sizes, map_sizes: valid sizes per image for padded batches (see :func:`group_poses`).
+    """
+    fused = fuse_scales([o.heatmaps for o in outputs], input_size, map_sizes)
+    poses = group_poses(
+        [o.heatmaps for o in outputs], [o.keypoints for o in outputs], fused, scales, cfg, base_sizes, map_sizes
+    )
+    kin = poses.keypoints
+    inv = inverse_matrices.to(kin.device, torch.float64)
+    xy = kin[..., :2].double()
+    img_xy = (xy @ inv[:, None, :, :2].transpose(-1, -2) + inv[:, None, None, :, 2]).to(kin.dtype)
+    kimg = torch.cat([img_xy, kin[..., 2:]], -1)
+    scores = poses.scores
+    if cfg.rescore and scoring_net is not None:
+        net_device = next(scoring_net.parameters()).device
+        predicted = scoring_net(pose_features(kimg, sticks).to(net_device)).to(scores.device)
+        scores = predicted * scores
+    lo = img_xy.amin(2)
+    hi = img_xy.amax(2)
+    boxes = torch.cat([lo, hi - lo], -1)
+    valid = poses.valid
+    return PoseBatch(kimg, kin, scores * valid, poses.scores, poses.center_scores, boxes * valid.unsqueeze(-1), valid)
+
