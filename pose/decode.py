@@ -119,9 +119,10 @@ def _pose_nms(pos: Tensor, score: Tensor, ok: Tensor, cfg: DecodeConfig) -> tupl
     count = kept.sum(1)
     # Keep order = election order; more than max_people: the best max_people, by descending score.
     order = torch.where(kept, elected_at.to(score.dtype), torch.full_like(score, float("inf"))).argsort(dim=1, stable=True)
+    kept_scores = torch.gather(torch.where(kept, score, torch.full_like(score, float("-inf"))), 1, order)
+    top = kept_scores.topk(min(cfg.max_people, n), dim=1).indices  # top-k of the kept list, as the authors
     too_many = (count > cfg.max_people).view(b, 1)
-    by_score = torch.where(kept, score, torch.full_like(score, float("-inf"))).argsort(dim=1, descending=True, stable=True)
-    order = torch.where(too_many, by_score, order)[:, : cfg.max_people]
+    order = torch.where(too_many, torch.gather(order, 1, top), order[:, : top.shape[1]])
     valid = torch.arange(order.shape[1], device=score.device).view(1, -1) < count.clamp(max=cfg.max_people).view(b, 1)
     return order, valid
 

@@ -1,0 +1,132 @@
+"""Three-line Python API: load a model from ``model_repo/<name>``, run it on an image, get poses.
+
+    >>> est = PoseEstimator.from_repo("model_repo/hrnet_w32_coco_512")   # doctest: +SKIP
+    >>> poses = est.predict(est.read_image("people.jpg"))                  # doctest: +SKIP
+    >>> poses.keypoints.shape  # (P, K, 3): x, y, score in image pixels    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from pose.checkpoint import load_weights
+from pose.config import ModelConfig, load_model_config
+from pose.inference import ScaleOutput, flip_test
+from pose.models.hrnet import PoseHRNet, create_model
+from pose.postprocess import postprocess
+from pose.preprocess import ImageTransform, image_to_tensor, plan_transform, resize_image
+from pose.rescore import ScoringNet, load_scoring_net
+
+__all__ = ["PoseEstimator", "PoseResult", "RawOutput"]
+
+
+@dataclass
+class RawOutput:
+    """Network outputs for one image at one scale, flip-aggregated, on the output grid."""
+
+    heatmaps: Tensor  # (K, h, w)
+    center: Tensor  # (h, w)
+    keypoints: Tensor  # (K, 2, h, w) absolute (x, y) regressed at each pixel, in output pixels
+    transform: ImageTransform  # where the image sits in the network input (stride-4 grid = input / 4)
+
+
+@dataclass
+class PoseResult:
+    """Poses of one image in the authors' order."""
+
+    keypoints: Tensor  # (P, K, 3) x, y, score in image pixels
+    keypoints_input: Tensor  # (P, K, 3) in scale-1 network-input pixels
+    scores: Tensor  # (P,) final score
+    grouping_scores: Tensor  # (P,) mean joint score
+    center_scores: Tensor  # (P,)
+    boxes: Tensor  # (P, 4) x, y, w, h
+
+
+class PoseEstimator:
+    """A loaded model with its scoring net, configuration and device."""
+
+    def __init__(self, config: ModelConfig, model: PoseHRNet, scoring_net: ScoringNet | None, device: str | torch.device):
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.scoring_net = scoring_net.to(self.device) if scoring_net is not None else None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | Path | ModelConfig,
+        weights: str | Path | None = None,
+        rescore_weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> PoseEstimator:
+        """Build from a config (file, folder or object); weights default to the config's artifacts."""
+        cfg = config if isinstance(config, ModelConfig) else load_model_config(config)
+        model = create_model(cfg)
+        weights_path = Path(weights) if weights else cfg.resolve(cfg.weights)
+        if weights_path is None:
+            raise FileNotFoundError(f"model {cfg.name} names no weights; pass weights=")
+        load_weights(model, weights_path)
+        rescore_path = Path(rescore_weights) if rescore_weights else cfg.resolve(cfg.rescore_weights)
+        scoring_net = None
+        if rescore_path is not None and rescore_path.is_file():
+            scoring_net = load_scoring_net(rescore_path, cfg.keypoints.score_feature_dim)
+        return cls(cfg, model, scoring_net, device)
+
+    from_repo = from_config
+
+    @staticmethod
+    def read_image(path: str | Path) -> np.ndarray:
+        """Read a file as HWC uint8 RGB, ignoring EXIF orientation as the authors' evaluation does."""
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if image is None:
+            raise ValueError(f"cannot decode image {path}")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    @torch.inference_mode()
+    def forward(
+        self, image: np.ndarray, scales: list[float] | None = None, flip: bool | None = None
+    ) -> tuple[list[ScaleOutput], ImageTransform]:
+        """Flip-aggregated outputs at each scale (descending), and the scale-1 transform."""
+        scales = sorted(scales or self.config.test.scales, reverse=True)
+        flip = self.config.test.flip if flip is None else flip
+        flip_index = self.config.keypoints.flip_index if flip else None
+        h, w = image.shape[:2]
+        outputs = []
+        for scale in scales:
+            transform = plan_transform(w, h, self.config.input.size, scale)
+            x = image_to_tensor(resize_image(image, transform), self.config.input).to(self.device)
+            outputs.append(flip_test(self.model, x, flip_index, self.config.test.flip_shift))
+        return outputs, plan_transform(w, h, self.config.input.size, 1.0)
+
+    def raw(self, image: np.ndarray, flip: bool | None = None) -> RawOutput:
+        """Heatmaps, center heatmap and regressed joints at scale 1."""
+        (out,), transform = self.forward(image, [1.0], flip)
+        k = self.config.keypoints.num_keypoints
+        kpts = out.keypoints[0]
+        return RawOutput(out.heatmaps[0, :k], out.heatmaps[0, k], kpts.view(k, 2, *kpts.shape[-2:]), transform)
+
+    @torch.inference_mode()
+    def predict(
+        self, image: np.ndarray, scales: list[float] | None = None, flip: bool | None = None, **decode: Any
+    ) -> PoseResult:
+        """Poses of one image; ``decode`` overrides thresholds of :class:`~pose.config.DecodeConfig`."""
+        scales = sorted(scales or self.config.test.scales, reverse=True)
+        outputs, transform = self.forward(image, scales, flip)
+        cfg = self.config.decode.model_copy(update=decode)
+        w_in, h_in = transform.input_size
+        inverse = torch.from_numpy(transform.inverse()).unsqueeze(0)
+        batch = postprocess(
+            outputs, scales, (h_in, w_in), inverse, cfg, self.scoring_net, self.config.keypoints.score_sticks
+        )
+        n = int(batch.valid[0].sum())
+        return PoseResult(
+            batch.keypoints[0, :n].cpu(), batch.keypoints_input[0, :n].cpu(), batch.scores[0, :n].cpu(),
+            batch.grouping_scores[0, :n].cpu(), batch.center_scores[0, :n].cpu(), batch.boxes[0, :n].cpu(),
+        )

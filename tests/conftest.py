@@ -1,0 +1,27 @@
+"""Shared fixtures: the team's shared folder (parity outputs, photos) beside the checkout, when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PARITY = SHARED / "parity"
+DATA = SHARED / "data"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    if not (PARITY / "coco" / "ckpt.pth").is_file():
+        pytest.skip(f"parity outputs of the authors' code not found at {PARITY}")
+    return PARITY
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared test photos not found at {DATA}")
+    return DATA
