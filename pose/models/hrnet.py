@@ -218,11 +218,11 @@ class PoseHRNet(nn.Module):
         features = sum(arch.stage4.channels)  # 480 for W32, 720 for W48
         ch, cr = arch.heatmap_head_channels, arch.regression_head_channels
         self.transition_cls = _conv1x1_bn_relu(features, ch)
+        self.transition_reg = _conv1x1_bn_relu(features + k, cr)  # input: features, then mean heatmaps
         self.multi_level_layers_4x_heatmap = nn.ModuleList(
             nn.Sequential(AdaptiveBlock(ch, d)) for d in arch.heatmap_dilations
         )
         self._share_heatmap_branch_weights()
-        self.transition_reg = _conv1x1_bn_relu(features + k, cr)
         self.multi_level_layers_4x_regression = nn.ModuleList([nn.Sequential(AdaptiveBlock(cr, 1))])
         final = [nn.Conv2d(ch, k, 1), nn.Conv2d(cr, 2 * k + 1, 1)]
         if arch.type == "higher_hrnet":
