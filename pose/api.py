@@ -1,8 +1,8 @@
 """Three-line Python API: load a model from ``model_repo/<name>``, run it on an image, get poses.
 
-    >>> est = PoseEstimator.from_repo("model_repo/hrnet_w32_coco_512")   # doctest: +SKIP
-    >>> poses = est.predict(est.read_image("people.jpg"))                  # doctest: +SKIP
-    >>> poses.keypoints.shape  # (P, K, 3): x, y, score in image pixels    # doctest: +SKIP
+>>> est = PoseEstimator.from_repo("model_repo/hrnet_w32_coco_512")   # doctest: +SKIP
+>>> poses = est.predict(est.read_image("people.jpg"))                  # doctest: +SKIP
+>>> poses.keypoints.shape  # (P, K, 3): x, y, score in image pixels    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ class PoseResult:
 class PoseEstimator:
     """A loaded model with its scoring net, configuration and device."""
 
-    def __init__(self, config: ModelConfig, model: PoseHRNet, scoring_net: ScoringNet | None, device: str | torch.device):
+    def __init__(
+        self, config: ModelConfig, model: PoseHRNet, scoring_net: ScoringNet | None, device: str | torch.device
+    ):
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -127,6 +129,10 @@ class PoseEstimator:
         )
         n = int(batch.valid[0].sum())
         return PoseResult(
-            batch.keypoints[0, :n].cpu(), batch.keypoints_input[0, :n].cpu(), batch.scores[0, :n].cpu(),
-            batch.grouping_scores[0, :n].cpu(), batch.center_scores[0, :n].cpu(), batch.boxes[0, :n].cpu(),
+            batch.keypoints[0, :n].cpu(),
+            batch.keypoints_input[0, :n].cpu(),
+            batch.scores[0, :n].cpu(),
+            batch.grouping_scores[0, :n].cpu(),
+            batch.center_scores[0, :n].cpu(),
+            batch.boxes[0, :n].cpu(),
         )

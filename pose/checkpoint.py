@@ -54,7 +54,9 @@ def _unwrap(obj: Any) -> Mapping[str, Tensor] | None:
 
 
 def _describe(names: list[str], what: str) -> str:
-    shown = ", ".join(names[:_LIST_LIMIT]) + (f", ... ({len(names) - _LIST_LIMIT} more)" if len(names) > _LIST_LIMIT else "")
+    shown = ", ".join(names[:_LIST_LIMIT]) + (
+        f", ... ({len(names) - _LIST_LIMIT} more)" if len(names) > _LIST_LIMIT else ""
+    )
     return f"{len(names)} {what}: {shown}"
 
 
@@ -70,11 +72,17 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     ]
     problems = [
         _describe(names, what)
-        for names, what in ((missing, "missing keys"), (unexpected, "unexpected keys"), (misshaped, "keys of another shape (checkpoint != model)"))
+        for names, what in (
+            (missing, "missing keys"),
+            (unexpected, "unexpected keys"),
+            (misshaped, "keys of another shape (checkpoint != model)"),
+        )
         if names
     ]
     if problems:
-        hint = " Is it a checkpoint of another architecture or dataset?" if misshaped or (missing and unexpected) else ""
+        hint = (
+            " Is it a checkpoint of another architecture or dataset?" if misshaped or (missing and unexpected) else ""
+        )
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems) + "." + hint)
     for k, v in state.items():
         if k.endswith("regular_matrix") and not torch.equal(v.float(), REGULAR_GRID):

@@ -39,9 +39,7 @@ class StageConfig(_Strict):
     @model_validator(mode="after")
     def _branches_agree(self) -> StageConfig:
         if len(self.num_blocks) != len(self.channels):
-            raise ValueError(
-                f"num_blocks has {len(self.num_blocks)} branches but channels has {len(self.channels)}"
-            )
+            raise ValueError(f"num_blocks has {len(self.num_blocks)} branches but channels has {len(self.channels)}")
         return self
 
 
@@ -61,7 +59,9 @@ class ArchitectureConfig(_Strict):
     def _check(self) -> ArchitectureConfig:
         for prev, stage in ((self.stage2, self.stage3), (self.stage3, self.stage4)):
             if stage.channels[: len(prev.channels)] != prev.channels:
-                raise ValueError(f"stage channels must extend the previous stage's: {prev.channels} -> {stage.channels}")
+                raise ValueError(
+                    f"stage channels must extend the previous stage's: {prev.channels} -> {stage.channels}"
+                )
         if self.type == "higher_hrnet" and self.deconv_channels is None:
             raise ValueError("higher_hrnet needs deconv_channels")
         return self

@@ -59,8 +59,12 @@ def _peaks(x: Tensor, kernel: Tensor) -> Tensor:
 
 
 def _center_candidates(
-    heatmaps: list[Tensor], keypoints: list[Tensor], map_sizes: list[Tensor], scales: list[float],
-    base_sizes: Tensor, cfg: DecodeConfig,
+    heatmaps: list[Tensor],
+    keypoints: list[Tensor],
+    map_sizes: list[Tensor],
+    scales: list[float],
+    base_sizes: Tensor,
+    cfg: DecodeConfig,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Top centers of every scale with the joints regressed there, in base-input pixels.
 
@@ -118,7 +122,9 @@ def _pose_nms(pos: Tensor, score: Tensor, ok: Tensor, cfg: DecodeConfig) -> tupl
         ignored |= similar[:, i] & keep.unsqueeze(1)
     count = kept.sum(1)
     # Keep order = election order; more than max_people: the best max_people, by descending score.
-    order = torch.where(kept, elected_at.to(score.dtype), torch.full_like(score, float("inf"))).argsort(dim=1, stable=True)
+    order = torch.where(kept, elected_at.to(score.dtype), torch.full_like(score, float("inf"))).argsort(
+        dim=1, stable=True
+    )
     kept_scores = torch.gather(torch.where(kept, score, torch.full_like(score, float("-inf"))), 1, order)
     top = kept_scores.topk(min(cfg.max_people, n), dim=1).indices  # top-k of the kept list, as the authors
     too_many = (count > cfg.max_people).view(b, 1)
@@ -147,7 +153,10 @@ def _bilinear_trunc(heat: Tensor, xy: Tensor, sizes: Tensor) -> Tensor:
         return torch.gather(flat, 2, (yy * w + xx).transpose(1, 2)).transpose(1, 2)  # (B, P, K)
 
     value = (
-        (1 - u) * (1 - v) * at(yc, xc) + u * (1 - v) * at(yc, xc + 1) + (1 - u) * v * at(yc + 1, xc) + u * v * at(yc + 1, xc + 1)
+        (1 - u) * (1 - v) * at(yc, xc)
+        + u * (1 - v) * at(yc, xc + 1)
+        + (1 - u) * v * at(yc + 1, xc)
+        + u * v * at(yc + 1, xc + 1)
     )
     return torch.where(inside, value, torch.zeros_like(value))
 
@@ -170,7 +179,9 @@ def _absorb(fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, cfg: D
     absorbed = nearest_dist < cfg.max_absorb_distance
     p = joints.shape[1]
     gather_idx = nearest.unsqueeze(-1)  # (B, P, K, 1)
-    cand_xy = torch.gather(cand.unsqueeze(1).expand(-1, p, -1, -1, -1), 3, gather_idx.unsqueeze(-1).expand(-1, -1, -1, 1, 2)).squeeze(3)
+    cand_xy = torch.gather(
+        cand.unsqueeze(1).expand(-1, p, -1, -1, -1), 3, gather_idx.unsqueeze(-1).expand(-1, -1, -1, 1, 2)
+    ).squeeze(3)
     cand_val = torch.gather(val.unsqueeze(1).expand(-1, p, -1, -1), 3, gather_idx).squeeze(3)
     # Swapped lookup: row from x, column from y, each clamped to the *other* axis' range.
     row = torch.trunc(joints[..., 0]).long().clamp(min=0).minimum(sizes[:, 0].view(b, 1, 1) - 1)
@@ -186,7 +197,6 @@ def _refine(
 ) -> tuple[Tensor, Tensor]:
     """Gaussian-fit refinement of every joint scoring above ``adjust_threshold`` (SPEC §4.4)."""
     b, k, h, w = fused.shape
-    p = joints.shape[1]
     hb, wb = sizes[:, 0].view(b, 1, 1), sizes[:, 1].view(b, 1, 1)
     r = torch.trunc(joints[..., 1] + 0.5).long()  # (B, P, K)
     c = torch.trunc(joints[..., 0] + 0.5).long()
@@ -211,14 +221,19 @@ def _refine(
     wr = f // cols_s.view(-1, 1) + rlo_s.view(-1, 1)
     wc = f % cols_s.view(-1, 1) + clo_s.view(-1, 1)
     flat = fused[:, :k].flatten(2)  # (B, K, H*W)
-    lin = (wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1))
+    lin = wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)
     data = flat[bi.view(-1, 1), ki.view(-1, 1), lin]  # (M, 169)
     # The authors' xdata pairs value f with (f // rows, f % rows): right for square windows only.
     a = (f // rows_s.view(-1, 1)).to(torch.float64)
     bcoord = (f % rows_s.view(-1, 1)).to(torch.float64)
     rr, cc = r[sel] % hb.view(-1)[bi], c[sel] % wb.view(-1)[bi]  # negative indices wrap, as in torch
     start = torch.stack(
-        [flat[bi, ki, rr * w + cc].double(), (r[sel] - rlo_s).double(), (c[sel] - clo_s).double(), torch.full_like(a[:, 0], 2.0)],
+        [
+            flat[bi, ki, rr * w + cc].double(),
+            (r[sel] - rlo_s).double(),
+            (c[sel] - clo_s).double(),
+            torch.full_like(a[:, 0], 2.0),
+        ],
         dim=1,
     )
     params, ok = fit_gaussians(a, bcoord, data.double(), inside, start)

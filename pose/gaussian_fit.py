@@ -48,9 +48,7 @@ def _quad_inv(mat: Tensor, q: Tensor) -> Tensor:
     return (q * _solve(mat, q)).sum(-1)
 
 
-def _lmpar(
-    jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor
-) -> tuple[Tensor, Tensor]:
+def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -> tuple[Tensor, Tensor]:
     """MINPACK ``lmpar``: damping ``par`` so that ``|D x| ~ delta`` (10% band), and the step ``-x``."""
     d2 = torch.diag_embed(diag**2)
     x = _solve(jtj, jtf)  # Gauss-Newton: J x ~ f

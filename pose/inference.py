@@ -55,9 +55,7 @@ def _shifted_flip(x: Tensor, shift: int) -> Tensor:
     return out
 
 
-def flip_test(
-    model: nn.Module, x: Tensor, flip_index: list[int] | None, flip_shift: int = 3
-) -> ScaleOutput:
+def flip_test(model: nn.Module, x: Tensor, flip_index: list[int] | None, flip_shift: int = 3) -> ScaleOutput:
     """Forward ``x`` (B, 3, H, W), and its mirrored twin when ``flip_index`` is given, and average them.
 
     The flipped pass is un-mirrored: heatmap channels are permuted by ``flip_index`` (center kept last),

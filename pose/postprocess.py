@@ -95,4 +95,3 @@ def postprocess(
     boxes = torch.cat([lo, hi - lo], -1)
     valid = poses.valid
     return PoseBatch(kimg, kin, scores * valid, poses.scores, poses.center_scores, boxes * valid.unsqueeze(-1), valid)
-

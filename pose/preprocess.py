@@ -102,16 +102,24 @@ def warp_batch(images: Tensor, matrices: Tensor, out_size: tuple[int, int], cfg:
     b, _, hi, wi = images.shape
     w_out, h_out = out_size
     dev = images.device
-    full = torch.cat([matrices.double(), torch.tensor([[[0.0, 0.0, 1.0]]], device=dev, dtype=torch.float64).expand(b, 1, 3)], 1)
+    full = torch.cat(
+        [matrices.double(), torch.tensor([[[0.0, 0.0, 1.0]]], device=dev, dtype=torch.float64).expand(b, 1, 3)], 1
+    )
     inv = torch.linalg.inv(full)[:, :2]  # (B, 2, 3) input -> image
     ys, xs = torch.meshgrid(
-        torch.arange(h_out, device=dev, dtype=torch.float64), torch.arange(w_out, device=dev, dtype=torch.float64), indexing="ij"
+        torch.arange(h_out, device=dev, dtype=torch.float64),
+        torch.arange(w_out, device=dev, dtype=torch.float64),
+        indexing="ij",
     )
     pts = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)  # (1, H*W, 3)
     src = pts @ inv.transpose(1, 2)  # (B, H*W, 2) image pixels
     norm = torch.stack([(2 * src[..., 0] + 1) / wi - 1, (2 * src[..., 1] + 1) / hi - 1], -1)
     warped = F.grid_sample(
-        images.float(), norm.view(b, h_out, w_out, 2).float(), mode="bilinear", padding_mode="zeros", align_corners=False
+        images.float(),
+        norm.view(b, h_out, w_out, 2).float(),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
     )
     mean = torch.tensor(cfg.mean, device=dev).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(cfg.std, device=dev).view(1, 3, 1, 1) * 255.0

@@ -95,8 +95,11 @@ def test_gradients_pass_gradcheck_in_float64() -> None:
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     # Keep samples away from integer coordinates where bilinear interpolation has kinks.
-    affine = (torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64).view(1, 4, 1, 1)
-              + 0.137 + 0.05 * torch.rand(1, 4, 4, 5, dtype=torch.float64, generator=gen)).requires_grad_()
+    affine = (
+        torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64).view(1, 4, 1, 1)
+        + 0.137
+        + 0.05 * torch.rand(1, 4, 4, 5, dtype=torch.float64, generator=gen)
+    ).requires_grad_()
     weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: adaptive_conv(a, b, c, 2), (x, affine, weight))
 

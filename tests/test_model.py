@@ -21,7 +21,10 @@ def test_official_w32_keys_map_one_to_one_with_equal_shapes() -> None:
     if not keys_file.is_file():
         pytest.skip(f"{keys_file} not found")
     official = [(name, tuple(shape)) for name, shape in json.loads(keys_file.read_text())]
-    ours = [(name, tuple(t.shape)) for name, t in create_model(load_model_config(REPO / "hrnet_w32_coco_512")).state_dict().items()]
+    ours = [
+        (name, tuple(t.shape))
+        for name, t in create_model(load_model_config(REPO / "hrnet_w32_coco_512")).state_dict().items()
+    ]
     assert ours == official  # same names, same shapes, same order, nothing left over
 
 
@@ -55,7 +58,10 @@ def test_heatmap_branches_share_conv_weights_but_not_biases_or_norms() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("hrnet_w32_coco_512", (512, 512)), ("hrnet_w32_coco_512", (512, 768)), ("hrnet_w48_coco_640", (512, 768))])
+@pytest.mark.parametrize(
+    "name,size",
+    [("hrnet_w32_coco_512", (512, 512)), ("hrnet_w32_coco_512", (512, 768)), ("hrnet_w48_coco_640", (512, 768))],
+)
 def test_random_weight_models_give_documented_output_shapes(name: str, size: tuple[int, int]) -> None:
     model = create_model(load_model_config(REPO / name)).eval()
     with torch.no_grad():
@@ -100,6 +106,8 @@ def test_adaptive_block_equals_the_hand_written_formula() -> None:
         return out
 
     with torch.no_grad():
-        y = torch.relu(block.bn1(deform_conv3x3(x, offsets(block.transform_matrix_conv1(x)), block.stn_conv1.weight, 2)))
+        y = torch.relu(
+            block.bn1(deform_conv3x3(x, offsets(block.transform_matrix_conv1(x)), block.stn_conv1.weight, 2))
+        )
         y = block.bn2(deform_conv3x3(y, offsets(block.transform_matrix_conv2(x)), block.stn_conv2.weight, 2))
         torch.testing.assert_close(block(x), torch.relu(y + x))

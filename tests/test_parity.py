@@ -17,13 +17,13 @@ import torch
 from pose.api import PoseEstimator
 from pose.preprocess import image_to_tensor, plan_transform, resize_image
 
-from .conftest import DATA, FIXTURES, PARITY
+from .conftest import DATA, FIXTURES
 
-RUNS = [
-    ("coco", "flip_s1", stem) for stem in ("000000000785", "000000040083", "000000196141", "000000197388")
-] + [("coco", "flip_ms", stem) for stem in ("000000000785", "000000040083", "000000196141", "000000197388")] + [
-    ("crowdpose", "flip_s1", stem) for stem in ("103319", "106848")
-]
+RUNS = (
+    [("coco", "flip_s1", stem) for stem in ("000000000785", "000000040083", "000000196141", "000000197388")]
+    + [("coco", "flip_ms", stem) for stem in ("000000000785", "000000040083", "000000196141", "000000197388")]
+    + [("crowdpose", "flip_s1", stem) for stem in ("103319", "106848")]
+)
 
 
 @cache
@@ -61,8 +61,12 @@ def test_flip_aggregated_maps_match(parity_dir: Path, run: str, stem: str, scale
     ref = parity_dir / "coco" / run / stem
     image = est.read_image(image_path(stem))
     outputs, _ = est.forward(image, scales=[scale])
-    np.testing.assert_allclose(outputs[0].heatmaps.numpy(), np.load(ref / f"final_heatmaps_s{scale:g}.npy"), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(outputs[0].keypoints.numpy(), np.load(ref / f"final_kpts_s{scale:g}.npy"), atol=3e-4, rtol=0)
+    np.testing.assert_allclose(
+        outputs[0].heatmaps.numpy(), np.load(ref / f"final_heatmaps_s{scale:g}.npy"), atol=1e-4, rtol=0
+    )
+    np.testing.assert_allclose(
+        outputs[0].keypoints.numpy(), np.load(ref / f"final_kpts_s{scale:g}.npy"), atol=3e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("dataset,run,stem", RUNS)

@@ -24,7 +24,9 @@ from pose.preprocess import plan_transform, resize_image, warp_batch
         (1, 1, 512, 1.0, (512, 512)),
     ],
 )
-def test_input_size_rounds_the_long_side_up_to_64(w: int, h: int, size: int, scale: float, expected: tuple[int, int]) -> None:
+def test_input_size_rounds_the_long_side_up_to_64(
+    w: int, h: int, size: int, scale: float, expected: tuple[int, int]
+) -> None:
     assert plan_transform(w, h, size, scale).input_size == expected
 
 
@@ -44,7 +46,9 @@ def test_torch_warp_matches_cv2_within_one_grey_level() -> None:
     cfg = InputConfig(size=128)
     t = plan_transform(image.shape[1], image.shape[0], 128)
     ref = (resize_image(image, t).astype(np.float64) / 255 - np.array(cfg.mean)) / np.array(cfg.std)
-    got = warp_batch(torch.from_numpy(image).permute(2, 0, 1)[None], torch.from_numpy(t.matrix)[None], t.input_size, cfg)
+    got = warp_batch(
+        torch.from_numpy(image).permute(2, 0, 1)[None], torch.from_numpy(t.matrix)[None], t.input_size, cfg
+    )
     diff = np.abs(got[0].permute(1, 2, 0).numpy() - ref)
     assert diff.max() <= 1.0 / 255 / 0.224 + 1e-6
 

@@ -115,7 +115,8 @@ class HighResolutionModule(nn.Module):
         super().__init__()
         self.num_branches = len(stage.channels)
         self.branches = nn.ModuleList(
-            _make_layer(BasicBlock, c_in, c, n) for c_in, c, n in zip(in_channels, stage.channels, stage.num_blocks, strict=True)
+            _make_layer(BasicBlock, c_in, c, n)
+            for c_in, c, n in zip(in_channels, stage.channels, stage.num_blocks, strict=True)
         )
         self.out_channels = list(stage.channels)
         self.fuse_layers = nn.ModuleList(
@@ -228,16 +229,18 @@ class PoseHRNet(nn.Module):
         if arch.type == "higher_hrnet":
             cd = arch.deconv_channels
             assert cd is not None
-            self.deconv_layers = nn.ModuleList([
-                nn.Sequential(
+            self.deconv_layers = nn.ModuleList(
+                [
                     nn.Sequential(
-                        nn.ConvTranspose2d(ch + k, cd, 4, 2, 1, output_padding=0, bias=False),
-                        _bn(cd),
-                        nn.ReLU(inplace=True),
-                    ),
-                    nn.Sequential(BasicBlock(cd, cd)),
-                )
-            ])
+                        nn.Sequential(
+                            nn.ConvTranspose2d(ch + k, cd, 4, 2, 1, output_padding=0, bias=False),
+                            _bn(cd),
+                            nn.ReLU(inplace=True),
+                        ),
+                        nn.Sequential(BasicBlock(cd, cd)),
+                    )
+                ]
+            )
             final.append(nn.Conv2d(cd, k, 1))
         self.final_layers = nn.ModuleList(final)
 
@@ -255,7 +258,11 @@ class PoseHRNet(nn.Module):
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.layer1(x)
         xs = [t(x) if t is not None else x for t in self.transition1]
-        for transition, stage in ((None, self.stage2), (self.transition2, self.stage3), (self.transition3, self.stage4)):
+        for transition, stage in (
+            (None, self.stage2),
+            (self.transition2, self.stage3),
+            (self.transition3, self.stage4),
+        ):
             if transition is not None:
                 xs = [t(xs[-1]) if t is not None else xs[i] for i, t in enumerate(transition)]
             xs = stage(xs)
@@ -267,7 +274,9 @@ class PoseHRNet(nn.Module):
         features = self.backbone(x)  # (B, 480 | 720, H, W)
         cls = self.transition_cls(features)
         final_heat = self.final_layers[0]
-        branches = torch.stack([final_heat(layer(cls)) for layer in self.multi_level_layers_4x_heatmap])  # (3, B, K, H, W)
+        branches = torch.stack(
+            [final_heat(layer(cls)) for layer in self.multi_level_layers_4x_heatmap]
+        )  # (3, B, K, H, W)
         heat_mean = branches.mean(dim=0)  # (B, K, H, W): the regression head's guidance in both variants
         reg = self.transition_reg(torch.cat([features, heat_mean], dim=1))
         reg = self.final_layers[1](self.multi_level_layers_4x_regression[0](reg))  # (B, 2K + 1, H, W)

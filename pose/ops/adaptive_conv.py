@@ -34,9 +34,7 @@ def affine_to_offsets(affine: Tensor) -> Tensor:
     Returns:
         Tensor[B, 18, H, W]: channel ``2k`` is ``dy`` and ``2k + 1`` is ``dx`` of tap ``k``.
     """
-    torch._assert(
-        affine.dim() == 4 and affine.shape[1] == 4, f"affine must be (B, 4, H, W), got {tuple(affine.shape)}"
-    )
+    torch._assert(affine.dim() == 4 and affine.shape[1] == 4, f"affine must be (B, 4, H, W), got {tuple(affine.shape)}")
     grid = REGULAR_GRID.to(device=affine.device, dtype=affine.dtype)
     gy = grid[0].view(1, 9, 1, 1)
     gx = grid[1].view(1, 9, 1, 1)
@@ -64,9 +62,7 @@ def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, dilation: int = 1)
         Tensor[B, O, H, W].
     """
     b, c, h, w = x.shape
-    torch._assert(
-        offset.shape == (b, 18, h, w), f"offset must be {(b, 18, h, w)}, got {tuple(offset.shape)}"
-    )
+    torch._assert(offset.shape == (b, 18, h, w), f"offset must be {(b, 18, h, w)}, got {tuple(offset.shape)}")
     torch._assert(
         weight.dim() == 4 and weight.shape[1:] == (c, 3, 3),
         f"weight must be (O, {c}, 3, 3), got {tuple(weight.shape)}",

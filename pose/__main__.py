@@ -1,0 +1,3 @@
+from pose.cli import app
+
+app()

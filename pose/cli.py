@@ -1,0 +1,116 @@
+"""``pose`` command line: run a model from ``model_repo/`` on images, write COCO results and overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from tqdm import tqdm
+
+app = typer.Typer(help="Bottom-up multi-person pose estimation.", no_args_is_help=True, add_completion=False)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
+
+
+def _images(inputs: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise typer.BadParameter(f"{path} does not exist")
+    if not found:
+        raise typer.BadParameter("no images found")
+    return found
+
+
+def _image_id(path: Path, index: int) -> int:
+    """COCO file names carry the id in their digits (000000000785.jpg); other names get their index."""
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="images or folders")],
+    model: ModelOpt,
+    weights: WeightsOpt = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
+    overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
+    flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
+    scales: Annotated[
+        list[float] | None, typer.Option(help="test scales, e.g. --scales 2 --scales 1 --scales 0.5")
+    ] = None,
+    min_score: Annotated[float, typer.Option(help="drop poses scoring below this in overlays")] = 0.0,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Detect every person's keypoints; writes ``predictions.json`` (COCO results) and optional overlays."""
+    from pose.api import PoseEstimator
+    from pose.draw import draw_people, encode_image
+    from pose.results import coco_results, to_people
+
+    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    paths = _images(inputs)
+    for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
+        image = est.read_image(path)
+        poses = est.predict(image, scales=scales, flip=flip)
+        results += coco_results(_image_id(path, index), poses.keypoints, poses.scores)
+        if overlay:
+            people = to_people(poses.keypoints, poses.scores, poses.boxes, min_score=min_score)
+            drawn = draw_people(image, people, est.config.keypoints.skeleton)
+            (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
+    (out / "predictions.json").write_text(json.dumps(results))
+    typer.echo(f"{len(results)} poses from {len(paths)} images -> {out / 'predictions.json'}")
+
+
+@app.command()
+def raw(
+    image: Annotated[Path, typer.Argument(help="one image")],
+    model: ModelOpt,
+    weights: WeightsOpt = None,
+    out: Annotated[Path, typer.Option(help="output .npz")] = Path("raw.npz"),
+    flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Save scale-1 heatmaps, center heatmap and regressed joints (stride-4 grid) as .npz."""
+    from pose.api import PoseEstimator
+
+    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    result = est.raw(est.read_image(image), flip=flip)
+    np.savez_compressed(
+        out,
+        heatmaps=result.heatmaps.cpu().numpy(),
+        center=result.center.cpu().numpy(),
+        keypoints=result.keypoints.cpu().numpy(),
+        input_size=np.array(result.transform.input_size),
+    )
+    typer.echo(f"heatmaps {tuple(result.heatmaps.shape)}, keypoints {tuple(result.keypoints.shape)} -> {out}")
+
+
+@app.command()
+def info(model: ModelOpt) -> None:
+    """Print a model's configuration summary and parameter counts."""
+    from pose.config import load_model_config
+    from pose.models.hrnet import create_model
+
+    cfg = load_model_config(model)
+    net = create_model(cfg)
+    unique = sum(p.numel() for p in net.parameters())
+    typer.echo(
+        f"{cfg.name}: {cfg.description}\n  input {cfg.input.size}, {cfg.keypoints.num_keypoints} keypoints "
+        f"({cfg.keypoints.dataset}), {unique:,} parameters, weights {cfg.resolve(cfg.weights)}"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,46 @@
+"""Poses as COCO keypoint results and as plain typed records (what the CLI writes and the service returns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Person", "coco_results", "to_people"]
+
+
+@dataclass(frozen=True)
+class Person:
+    """One detected person in original-image pixels."""
+
+    keypoints: list[tuple[float, float, float]]  # K x (x, y, score)
+    score: float
+    box: tuple[float, float, float, float]  # x, y, w, h
+
+
+def to_people(
+    keypoints: Tensor,
+    scores: Tensor,
+    boxes: Tensor,
+    min_score: float | None = None,
+    max_people: int | None = None,
+    sort: bool = True,
+) -> list[Person]:
+    """One image's poses (P, K, 3), (P,), (P, 4) to records, best first when ``sort``."""
+    order = torch.argsort(scores, descending=True, stable=True) if sort else torch.arange(len(scores))
+    if min_score is not None:
+        order = order[scores[order] >= min_score]
+    if max_people is not None:
+        order = order[:max_people]
+    kp, sc, bx = keypoints[order].tolist(), scores[order].tolist(), boxes[order].tolist()
+    return [Person([tuple(j) for j in k], s, tuple(b)) for k, s, b in zip(kp, sc, bx, strict=True)]
+
+
+def coco_results(image_id: int, keypoints: Tensor, scores: Tensor) -> list[dict]:
+    """COCO results entries: flat ``[x, y, v] * K`` where v is the joint score, as the authors submit."""
+    flat = keypoints.flatten(1).tolist()
+    return [
+        {"image_id": image_id, "category_id": 1, "keypoints": k, "score": s}
+        for k, s in zip(flat, scores.tolist(), strict=True)
+    ]
