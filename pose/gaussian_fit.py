@@ -34,30 +34,35 @@ def _norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1)
 
 
-def _solve(mat: Tensor, rhs: Tensor) -> Tensor:
-    """Batched solve that falls back to the pseudo-inverse for singular systems."""
-    sol, info = torch.linalg.solve_ex(mat, rhs.unsqueeze(-1))
-    bad = (info != 0) | ~torch.isfinite(sol).all(dim=(1, 2))
-    if bool(bad.any()):
-        sol = torch.where(bad.view(-1, 1, 1), torch.linalg.pinv(mat) @ rhs.unsqueeze(-1), sol)
-    return sol.squeeze(-1)
-
-
-def _quad_inv(mat: Tensor, q: Tensor) -> Tensor:
-    """q^T mat^-1 q per batch entry."""
-    return (q * _solve(mat, q)).sum(-1)
-
-
 def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -> tuple[Tensor, Tensor]:
-    """MINPACK ``lmpar``: damping ``par`` so that ``|D x| ~ delta`` (10% band), and the step ``-x``."""
-    d2 = torch.diag_embed(diag**2)
-    x = _solve(jtj, jtf)  # Gauss-Newton: J x ~ f
-    dxnorm = _norm(diag * x)
+    """MINPACK ``lmpar``: damping ``par`` so that ``|D x| ~ delta`` (10% band), and the step ``-x``.
+
+    With ``B = D^-1 J^T J D^-1 = V diag(lam) V^T`` (one eigendecomposition per call), every quantity of
+    the Newton iteration on ``par`` is elementwise: ``D x(par) = V (c / (lam + par))`` with
+    ``c = V^T D^-1 J^T f``, and ``q^T (J^T J + par D^2)^-1 q = sum (V^T z)^2 / (lam + par)`` for
+    ``q = D z``. Rank-deficient directions get a zero Gauss-Newton component, like ``lmpar``.
+    """
+    lam, vec = torch.linalg.eigh(jtj / (diag.unsqueeze(-1) * diag.unsqueeze(-2)))
+    lam = lam.clamp(min=0)
+    rank_ok = lam > lam.amax(-1, keepdim=True) * (EPSMCH * jtj.shape[-1])
+    c = (vec.transpose(1, 2) @ (jtf / diag).unsqueeze(-1)).squeeze(-1)  # (M, n)
+
+    def scaled_step(p: Tensor) -> Tensor:  # V^T D x(p), in eigen coordinates
+        denom = lam + p.unsqueeze(-1)
+        return torch.where(rank_ok | (p.unsqueeze(-1) > 0), c / denom.clamp(min=DWARF), torch.zeros_like(c))
+
+    def curvature(y: Tensor, dxnorm: Tensor, p: Tensor) -> Tensor:  # q^T M(p)^-1 q with q = D (D x) / |D x|
+        z = y / dxnorm.clamp(min=DWARF).unsqueeze(-1)
+        return (z**2 / (lam + p.unsqueeze(-1)).clamp(min=DWARF)).sum(-1)
+
+    zero = torch.zeros_like(par)
+    y = scaled_step(zero)  # Gauss-Newton
+    dxnorm = _norm(y)
     fp = dxnorm - delta
     gauss_newton = fp <= 0.1 * delta
-    q = diag * (diag * x) / dxnorm.clamp(min=DWARF).unsqueeze(-1)
-    parl = (fp / delta) / _quad_inv(jtj, q)
-    parl = torch.where(torch.isfinite(parl), parl, torch.zeros_like(parl)).clamp(min=0)
+    full_rank = rank_ok.all(-1)
+    parl = torch.where(full_rank, (fp / delta) / curvature(y, dxnorm, zero), zero).clamp(min=0)
+    parl = torch.where(torch.isfinite(parl), parl, zero)
     gnorm = _norm(jtf / diag)
     paru = gnorm / delta
     paru = torch.where(paru == 0, DWARF / delta.clamp(max=0.1), paru)
@@ -66,21 +71,18 @@ def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -
     active = ~gauss_newton
     for it in range(1, 11):
         par = torch.where(active & (par == 0), torch.clamp(0.001 * paru, min=DWARF), par)
-        mat = jtj + par.view(-1, 1, 1) * d2
-        x_new = _solve(mat, jtf)
-        x = torch.where(active.unsqueeze(-1), x_new, x)
-        dxnorm = _norm(diag * x)
-        prev_fp, fp_new = fp, dxnorm - delta
-        fp = torch.where(active, fp_new, fp)
+        y = torch.where(active.unsqueeze(-1), scaled_step(par), y)
+        dxnorm = _norm(y)
+        prev_fp, fp = fp, torch.where(active, dxnorm - delta, fp)
         stop = (fp.abs() <= 0.1 * delta) | ((parl == 0) & (fp <= prev_fp) & (prev_fp < 0)) | (it == 10)
         newton = active & ~stop
-        q = diag * (diag * x) / dxnorm.clamp(min=DWARF).unsqueeze(-1)
-        parc = (fp / delta) / _quad_inv(mat, q)
+        parc = (fp / delta) / curvature(y, dxnorm, par)
         parl = torch.where(newton & (fp > 0), torch.maximum(parl, par), parl)
         paru = torch.where(newton & (fp < 0), torch.minimum(paru, par), paru)
         par = torch.where(newton, torch.maximum(parl, par + parc), par)
         active = newton
-    par = torch.where(gauss_newton, torch.zeros_like(par), par)
+    par = torch.where(gauss_newton, zero, par)
+    x = (vec @ y.unsqueeze(-1)).squeeze(-1) / diag
     return -x, par
 
 
@@ -100,93 +102,126 @@ def fit_gaussians(
         (budget exhausted, tolerances unreachable, non-finite values).
     """
     m, n = start.shape
-    maskf = mask.to(data.dtype)
     dev, dt = data.device, data.dtype
-
-    def residuals(theta: Tensor) -> Tensor:
-        return _residuals(theta, a, b, data, maskf)
-
+    out_x, out_ok = start.clone(), torch.zeros(m, dtype=torch.bool, device=dev)
+    idx = torch.arange(m, device=dev)  # fits still in the working set
+    maskf = mask.to(dt)
     x = start.clone()
-    fvec = residuals(x)
+    fvec = _residuals(x, a, b, data, maskf)
     fnorm = _norm(fvec)
-    nfev = torch.ones(m, dtype=torch.long, device=dev)
-    first = torch.ones(m, dtype=torch.bool, device=dev)  # before the first Jacobian
-    need_jac = torch.ones(m, dtype=torch.bool, device=dev)
-    iter_one = torch.ones(m, dtype=torch.bool, device=dev)  # lmdif's iter == 1
-    success = torch.zeros(m, dtype=torch.bool, device=dev)
-    failed = ~torch.isfinite(fnorm)
-    diag = torch.ones(m, n, dtype=dt, device=dev)
-    delta = torch.zeros(m, dtype=dt, device=dev)
-    xnorm = torch.zeros(m, dtype=dt, device=dev)
-    par = torch.zeros(m, dtype=dt, device=dev)
-    gnorm = torch.zeros(m, dtype=dt, device=dev)
-    jac = torch.zeros(m, a.shape[1], n, dtype=dt, device=dev)
+    st: dict[str, Tensor] = {
+        "x": x,
+        "fvec": fvec,
+        "fnorm": fnorm,
+        "nfev": torch.ones(m, dtype=torch.long, device=dev),
+        "first": torch.ones(m, dtype=torch.bool, device=dev),  # before the first Jacobian
+        "need_jac": torch.ones(m, dtype=torch.bool, device=dev),
+        "iter_one": torch.ones(m, dtype=torch.bool, device=dev),  # lmdif's iter == 1
+        "success": torch.zeros(m, dtype=torch.bool, device=dev),
+        "failed": ~torch.isfinite(fnorm),
+        "diag": torch.ones(m, n, dtype=dt, device=dev),
+        "delta": torch.zeros(m, dtype=dt, device=dev),
+        "xnorm": torch.zeros(m, dtype=dt, device=dev),
+        "par": torch.zeros(m, dtype=dt, device=dev),
+        "gnorm": torch.zeros(m, dtype=dt, device=dev),
+        "jac": torch.zeros(m, a.shape[1], n, dtype=dt, device=dev),
+        "a": a,
+        "b": b,
+        "data": data,
+        "maskf": maskf,
+    }
     for step in range(max_evals):
-        active = ~success & ~failed
-        if step % 4 == 0 and not bool(active.any()):  # one host sync every few steps to stop early
-            break
-        # Outer iteration: forward-difference Jacobian, column norms, scaling, gradient test.
-        outer = active & need_jac
-        cols = []
-        for j in range(n):
-            h = FD_STEP * x[:, j].abs()
-            h = torch.where(h == 0, torch.full_like(h, FD_STEP), h)
-            xp = x.clone()
-            xp[:, j] = x[:, j] + h
-            cols.append((residuals(xp) - fvec) / h.unsqueeze(-1))
-        jac = torch.where(outer.view(m, 1, 1), torch.stack(cols, -1), jac)
-        nfev += outer.long() * n
-        acnorm = _norm(jac.transpose(1, 2))  # (M, n)
-        init = outer & first
-        diag = torch.where(init.unsqueeze(-1), torch.where(acnorm == 0, torch.ones_like(acnorm), acnorm), diag)
-        xnorm = torch.where(init, _norm(diag * x), xnorm)
-        delta = torch.where(init, torch.where(xnorm == 0, torch.full_like(xnorm, FACTOR), FACTOR * xnorm), delta)
-        first &= ~outer
-        jtf = (jac.transpose(1, 2) @ fvec.unsqueeze(-1)).squeeze(-1)
-        g = torch.where(acnorm > 0, (jtf / fnorm.clamp(min=DWARF).unsqueeze(-1)).abs() / acnorm.clamp(min=DWARF), 0.0)
-        gnorm = torch.where(outer, torch.where(fnorm > 0, g.amax(-1), torch.zeros_like(fnorm)), gnorm)
-        success |= outer & (gnorm <= 0)  # gtol = 0: an exact stationary point
-        diag = torch.where(outer.unsqueeze(-1), torch.maximum(diag, acnorm), diag)
-        active = active & ~success
-        need_jac = need_jac & ~outer
-        # Inner iteration: trust-region step, trial evaluation, radius update, tests.
-        jtj = jac.transpose(1, 2) @ jac
-        p, new_par = _lmpar(jtj, jtf, diag, delta, par)
-        par = torch.where(active, new_par, par)
-        pnorm = _norm(diag * p)
-        delta = torch.where(active & iter_one, torch.minimum(delta, pnorm), delta)
-        trial = x + p
-        f1 = residuals(trial)
-        fnorm1 = _norm(f1)
-        nfev += active.long()
-        actred = torch.where(0.1 * fnorm1 < fnorm, 1 - (fnorm1 / fnorm) ** 2, torch.full_like(fnorm, -1.0))
-        temp1 = _norm((jac @ p.unsqueeze(-1)).squeeze(-1)) / fnorm
-        temp2 = par.sqrt() * pnorm / fnorm
-        prered = temp1**2 + temp2**2 / 0.5
-        dirder = -(temp1**2 + temp2**2)
-        ratio = torch.where(prered != 0, actred / prered, torch.zeros_like(prered))
-        shrink = torch.where(actred >= 0, torch.full_like(actred, 0.5), 0.5 * dirder / (dirder + 0.5 * actred))
-        shrink = torch.where((0.1 * fnorm1 >= fnorm) | (shrink < 0.1), torch.full_like(shrink, 0.1), shrink)
-        low = active & (ratio <= 0.25)
-        high = active & ~low & ((par == 0) | (ratio >= 0.75))
-        delta = torch.where(low, shrink * torch.minimum(delta, pnorm / 0.1), torch.where(high, pnorm / 0.5, delta))
-        par = torch.where(low, par / shrink, torch.where(high, 0.5 * par, par))
-        accept = active & (ratio >= 1e-4)
-        x = torch.where(accept.unsqueeze(-1), trial, x)
-        fvec = torch.where(accept.unsqueeze(-1), f1, fvec)
-        fnorm = torch.where(accept, fnorm1, fnorm)
-        xnorm = torch.where(accept, _norm(diag * x), xnorm)
-        iter_one &= ~accept
-        need_jac |= accept
-        converged = ((actred.abs() <= FTOL) & (prered <= FTOL) & (0.5 * ratio <= 1)) | (delta <= XTOL * xnorm)
-        success |= active & converged
-        stuck = (
-            (nfev >= max_evals)
-            | ((actred.abs() <= EPSMCH) & (prered <= EPSMCH) & (0.5 * ratio <= 1))
-            | (delta <= EPSMCH * xnorm)
-            | (gnorm <= EPSMCH)
-            | ~torch.isfinite(fnorm1)
-        )
-        failed |= active & ~converged & stuck
-    ok = success & ~failed & torch.isfinite(x).all(-1)
-    return x, ok
+        if step % 4 == 0:  # one host sync every few steps: stop early, shrink the working set
+            active = ~st["success"] & ~st["failed"]
+            n_active = int(active.sum())
+            if n_active == 0:
+                break
+            if n_active <= idx.numel() // 2:
+                done = ~active
+                out_x[idx[done]] = st["x"][done]
+                out_ok[idx[done]] = st["success"][done] & ~st["failed"][done]
+                idx = idx[active]
+                st = {key: value[active] for key, value in st.items()}
+        _lmdif_step(st, n, max_evals)
+    out_x[idx] = st["x"]
+    out_ok[idx] = st["success"] & ~st["failed"]
+    return out_x, out_ok & torch.isfinite(out_x).all(-1)
+
+
+def _lmdif_step(st: dict[str, Tensor], n: int, max_evals: int) -> None:
+    """One ``lmdif`` inner iteration (preceded by the outer one where a new Jacobian is due), in place."""
+    a, b, data, maskf = st["a"], st["b"], st["data"], st["maskf"]
+    x, fvec, fnorm = st["x"], st["fvec"], st["fnorm"]
+    m = x.shape[0]
+    active = ~st["success"] & ~st["failed"]
+    # Outer iteration: forward-difference Jacobian, column norms, scaling, gradient test.
+    outer = active & st["need_jac"]
+    cols = []
+    for j in range(n):
+        h = FD_STEP * x[:, j].abs()
+        h = torch.where(h == 0, torch.full_like(h, FD_STEP), h)
+        xp = x.clone()
+        xp[:, j] = x[:, j] + h
+        cols.append((_residuals(xp, a, b, data, maskf) - fvec) / h.unsqueeze(-1))
+    jac = torch.where(outer.view(m, 1, 1), torch.stack(cols, -1), st["jac"])
+    nfev = st["nfev"] + outer.long() * n
+    acnorm = _norm(jac.transpose(1, 2))  # (M, n)
+    init = outer & st["first"]
+    diag = torch.where(init.unsqueeze(-1), torch.where(acnorm == 0, torch.ones_like(acnorm), acnorm), st["diag"])
+    xnorm = torch.where(init, _norm(diag * x), st["xnorm"])
+    delta = torch.where(init, torch.where(xnorm == 0, torch.full_like(xnorm, FACTOR), FACTOR * xnorm), st["delta"])
+    jtf = (jac.transpose(1, 2) @ fvec.unsqueeze(-1)).squeeze(-1)
+    g = torch.where(acnorm > 0, (jtf / fnorm.clamp(min=DWARF).unsqueeze(-1)).abs() / acnorm.clamp(min=DWARF), 0.0)
+    gnorm = torch.where(outer, torch.where(fnorm > 0, g.amax(-1), torch.zeros_like(fnorm)), st["gnorm"])
+    success = st["success"] | (outer & (gnorm <= 0))  # gtol = 0: an exact stationary point
+    diag = torch.where(outer.unsqueeze(-1), torch.maximum(diag, acnorm), diag)
+    active = active & ~success
+    # Inner iteration: trust-region step, trial evaluation, radius update, tests.
+    p, new_par = _lmpar(jac.transpose(1, 2) @ jac, jtf, diag, delta, st["par"])
+    par = torch.where(active, new_par, st["par"])
+    pnorm = _norm(diag * p)
+    delta = torch.where(active & st["iter_one"], torch.minimum(delta, pnorm), delta)
+    trial = x + p
+    f1 = _residuals(trial, a, b, data, maskf)
+    fnorm1 = _norm(f1)
+    nfev = nfev + active.long()
+    actred = torch.where(0.1 * fnorm1 < fnorm, 1 - (fnorm1 / fnorm) ** 2, torch.full_like(fnorm, -1.0))
+    temp1 = _norm((jac @ p.unsqueeze(-1)).squeeze(-1)) / fnorm
+    temp2 = par.sqrt() * pnorm / fnorm
+    prered = temp1**2 + temp2**2 / 0.5
+    dirder = -(temp1**2 + temp2**2)
+    ratio = torch.where(prered != 0, actred / prered, torch.zeros_like(prered))
+    shrink = torch.where(actred >= 0, torch.full_like(actred, 0.5), 0.5 * dirder / (dirder + 0.5 * actred))
+    shrink = torch.where((0.1 * fnorm1 >= fnorm) | (shrink < 0.1), torch.full_like(shrink, 0.1), shrink)
+    low = active & (ratio <= 0.25)
+    high = active & ~low & ((par == 0) | (ratio >= 0.75))
+    delta = torch.where(low, shrink * torch.minimum(delta, pnorm / 0.1), torch.where(high, pnorm / 0.5, delta))
+    par = torch.where(low, par / shrink, torch.where(high, 0.5 * par, par))
+    accept = active & (ratio >= 1e-4)
+    x = torch.where(accept.unsqueeze(-1), trial, x)
+    xnorm = torch.where(accept, _norm(diag * x), xnorm)
+    converged = ((actred.abs() <= FTOL) & (prered <= FTOL) & (0.5 * ratio <= 1)) | (delta <= XTOL * xnorm)
+    stuck = (
+        (nfev >= max_evals)
+        | ((actred.abs() <= EPSMCH) & (prered <= EPSMCH) & (0.5 * ratio <= 1))
+        | (delta <= EPSMCH * xnorm)
+        | (gnorm <= EPSMCH)
+        | ~torch.isfinite(fnorm1)
+    )
+    st.update(
+        x=x,
+        fvec=torch.where(accept.unsqueeze(-1), f1, fvec),
+        fnorm=torch.where(accept, fnorm1, fnorm),
+        nfev=nfev,
+        first=st["first"] & ~outer,
+        need_jac=(st["need_jac"] & ~outer) | accept,
+        iter_one=st["iter_one"] & ~accept,
+        success=success | (active & converged),
+        failed=st["failed"] | (active & ~converged & stuck),
+        diag=diag,
+        delta=delta,
+        xnorm=xnorm,
+        par=par,
+        gnorm=gnorm,
+        jac=jac,
+    )
