@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pose.config import DecodeConfig
@@ -47,13 +46,31 @@ def _mask_padding(x: Tensor, sizes: Tensor) -> Tensor:
     return torch.where(inside, x, torch.full_like(x, _NEG))
 
 
-def _peaks(x: Tensor, kernel: Tensor) -> Tensor:
-    """Zero every pixel that is not the max of its window; ``kernel`` (B,) is 3, 5 or 7 per image."""
+def _window_max(x: Tensor, kernel: int) -> Tensor:
+    """``max_pool2d(x, kernel, 1, kernel // 2)`` (borders padded with -inf), as separable in-place maxima.
+
+    Exactly equal, and several times faster than ``max_pool2d`` on CPU for 17 maps at input resolution.
+    """
+    out = x.clone()
+    for axis in (-1, -2):
+        src = x if axis == -1 else out.clone()
+        for d in range(1, kernel // 2 + 1):
+            n = src.shape[axis]
+            torch.maximum(out.narrow(axis, 0, n - d), src.narrow(axis, d, n - d), out=out.narrow(axis, 0, n - d))
+            torch.maximum(out.narrow(axis, d, n - d), src.narrow(axis, 0, n - d), out=out.narrow(axis, d, n - d))
+    return out
+
+
+def _peaks(x: Tensor, kernel: int | Tensor) -> Tensor:
+    """Zero every pixel that is not the max of its window (plateaus count as peaks).
+
+    ``kernel`` is one size, or a (B,) tensor of 3, 5 or 7 per image.
+    """
+    if isinstance(kernel, int):
+        return x * (_window_max(x, kernel) == x)
     out = torch.zeros_like(x)
     for k in (3, 5, 7):
-        use = kernel == k
-        pooled = F.max_pool2d(x, k, 1, k // 2)
-        keep = (pooled == x) & use.view(-1, *([1] * (x.dim() - 1)))
+        keep = (_window_max(x, k) == x) & (kernel == k).view(-1, *([1] * (x.dim() - 1)))
         out = torch.where(keep, x, out)
     return out
 
@@ -161,7 +178,9 @@ def _bilinear_trunc(heat: Tensor, xy: Tensor, sizes: Tensor) -> Tensor:
     return torch.where(inside, value, torch.zeros_like(value))
 
 
-def _absorb(fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tensor]:
+def _absorb(
+    fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, cfg: DecodeConfig, padded: bool = True
+) -> tuple[Tensor, Tensor]:
     """Move each joint to the nearest same-type heatmap peak within ``max_absorb_distance``.
 
     Peaks: 5x5 max-pool NMS, top ``max_people`` per joint type, values below the threshold set to 0 (but
@@ -169,8 +188,8 @@ def _absorb(fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, cfg: D
     heat at row=int(x), col=int(y), clamped: the authors' swapped lookup, kept for parity.
     """
     b, k, h, w = fused.shape
-    heat = _mask_padding(fused, sizes)
-    peak = _peaks(heat, torch.full((b,), 5, device=fused.device)).flatten(2)  # (B, K, H*W)
+    heat = _mask_padding(fused, sizes) if padded else fused
+    peak = _peaks(heat, 5).flatten(2)  # (B, K, H*W)
     val, idx = peak.topk(min(cfg.max_people, h * w), dim=2)  # (B, K, T)
     val = val * (val > cfg.keypoint_threshold)
     cand = torch.stack(((idx % w).to(fused.dtype), (idx // w).to(fused.dtype)), -1)  # (B, K, T, 2)
@@ -273,6 +292,7 @@ def group_poses(
     b, kp1, h, w = fused.shape
     k = kp1 - 1
     dev = fused.device
+    padded = base_sizes is not None
     if base_sizes is None:
         base_sizes = torch.tensor([[h, w]], device=dev).expand(b, 2)
     if map_sizes is None:
@@ -284,7 +304,7 @@ def group_poses(
     center = torch.gather(score, 1, order) * valid  # (B, P)
     if cfg.absorb:
         joint_scores = center.unsqueeze(-1).expand(-1, -1, k)
-        joints, joint_scores = _absorb(fused[:, :k], base_sizes, joints, joint_scores, cfg)
+        joints, joint_scores = _absorb(fused[:, :k], base_sizes, joints, joint_scores, cfg, padded)
         if cfg.refine:
             joints, joint_scores = _refine(fused, base_sizes, joints, joint_scores, center, valid, cfg)
     else:
