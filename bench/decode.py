@@ -67,6 +67,7 @@ def main(
         heat_np, kpts_np = images[0]
         heat1 = torch.from_numpy(heat_np)[None]
         fused_np = fuse_scales([heat1], (4 * size, 4 * size))[0].numpy()
+
         def run_loop(heat_np=heat_np, kpts_np=kpts_np, fused_np=fused_np) -> None:
             reference.reference_group([heat_np], [kpts_np], fused_np, [1.0], cfg)
 
@@ -82,12 +83,18 @@ def main(
             timing = time_call(run, repeat, device=device)
             per_image = timing["median_ms"] / batch
             row = {
-                "people": n, "batch": batch, "batched_ms_per_image": per_image, **timing,
-                "loop_ms_per_image": loop["median_ms"], "speedup": loop["median_ms"] / per_image,
+                "people": n,
+                "batch": batch,
+                "batched_ms_per_image": per_image,
+                **timing,
+                "loop_ms_per_image": loop["median_ms"],
+                "speedup": loop["median_ms"] / per_image,
             }
             rows.append(row)
-            print(f"{n:>2} people, batch {batch:>2}: {per_image:8.2f} ms/img batched, "
-                  f"{loop['median_ms']:8.1f} ms/img loop, x{row['speedup']:.1f}")
+            print(
+                f"{n:>2} people, batch {batch:>2}: {per_image:8.2f} ms/img batched, "
+                f"{loop['median_ms']:8.1f} ms/img loop, x{row['speedup']:.1f}"
+            )
     write_report(out, {"benchmark": "decode", "grid": [size, size], "env": environment(device), "rows": rows})
 
 

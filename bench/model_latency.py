@@ -1,7 +1,7 @@
 """Forward latency of the network (no pre/postprocessing) per model, input size, batch and precision.
 
-    python -m bench.model_latency --out bench/results/model_latency_cpu.json
-    python -m bench.model_latency --device cuda --dtype float16 --channels-last --out ...
+python -m bench.model_latency --out bench/results/model_latency_cpu.json
+python -m bench.model_latency --device cuda --dtype float16 --channels-last --out ...
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pose.checkpoint import load_weights
 from pose.config import ModelConfig, load_model_config
 from pose.inference import ScaleOutput, flip_test
 from pose.models.hrnet import PoseHRNet, create_model
-from pose.postprocess import postprocess
+from pose.pipeline import BatchPipeline, PoseResult
 from pose.preprocess import ImageTransform, image_to_tensor, plan_transform, resize_image
 from pose.rescore import ScoringNet, load_scoring_net
 
@@ -37,18 +37,6 @@ class RawOutput:
     transform: ImageTransform  # where the image sits in the network input (stride-4 grid = input / 4)
 
 
-@dataclass
-class PoseResult:
-    """Poses of one image in the authors' order."""
-
-    keypoints: Tensor  # (P, K, 3) x, y, score in image pixels
-    keypoints_input: Tensor  # (P, K, 3) in scale-1 network-input pixels
-    scores: Tensor  # (P,) final score
-    grouping_scores: Tensor  # (P,) mean joint score
-    center_scores: Tensor  # (P,)
-    boxes: Tensor  # (P, 4) x, y, w, h
-
-
 class PoseEstimator:
     """A loaded model with its scoring net, configuration and device."""
 
@@ -59,6 +47,7 @@ class PoseEstimator:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.scoring_net = scoring_net.to(self.device) if scoring_net is not None else None
+        self.pipeline = BatchPipeline(config, self.model, self.scoring_net, self.device)
 
     @classmethod
     def from_config(
@@ -114,25 +103,14 @@ class PoseEstimator:
         kpts = out.keypoints[0]
         return RawOutput(out.heatmaps[0, :k], out.heatmaps[0, k], kpts.view(k, 2, *kpts.shape[-2:]), transform)
 
-    @torch.inference_mode()
     def predict(
         self, image: np.ndarray, scales: list[float] | None = None, flip: bool | None = None, **decode: Any
     ) -> PoseResult:
         """Poses of one image; ``decode`` overrides thresholds of :class:`~pose.config.DecodeConfig`."""
-        scales = sorted(scales or self.config.test.scales, reverse=True)
-        outputs, transform = self.forward(image, scales, flip)
-        cfg = self.config.decode.model_copy(update=decode)
-        w_in, h_in = transform.input_size
-        inverse = torch.from_numpy(transform.inverse()).unsqueeze(0)
-        batch = postprocess(
-            outputs, scales, (h_in, w_in), inverse, cfg, self.scoring_net, self.config.keypoints.score_sticks
-        )
-        n = int(batch.valid[0].sum())
-        return PoseResult(
-            batch.keypoints[0, :n].cpu(),
-            batch.keypoints_input[0, :n].cpu(),
-            batch.scores[0, :n].cpu(),
-            batch.grouping_scores[0, :n].cpu(),
-            batch.center_scores[0, :n].cpu(),
-            batch.boxes[0, :n].cpu(),
-        )
+        return self.predict_batch([image], scales, flip, **decode)[0]
+
+    def predict_batch(
+        self, images: list[np.ndarray], scales: list[float] | None = None, flip: bool | None = None, **decode: Any
+    ) -> list[PoseResult]:
+        """Poses of several images of any sizes, decoded as one batch."""
+        return self.pipeline.run(images, flip, scales, **decode)[0]
