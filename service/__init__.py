@@ -1,0 +1,1 @@
+"""HTTP service: POST /v1/pose with dynamic batching, Prometheus metrics and health endpoints."""

@@ -1,0 +1,148 @@
+"""The FastAPI application: model loading and warm-up, routers, metrics middleware, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+
+from pose.config import ModelConfig, load_model_config
+from pose.pipeline import BatchPipeline
+from pose.rescore import ScoringNet, load_scoring_net
+from service.backends import Backend, create_backend
+from service.batcher import DynamicBatcher
+from service.errors import register_exception_handlers
+from service.metrics import Metrics
+from service.schemas import PoseRequest
+from service.settings import Settings
+
+log = logging.getLogger("pose.service")
+
+
+@dataclass
+class ServiceState:
+    """What the routes reach through ``request.app.state.service``."""
+
+    settings: Settings
+    metrics: Metrics
+    config: ModelConfig | None = None
+    backend: Backend | None = None
+    pipeline: BatchPipeline | None = None
+    batcher: DynamicBatcher | None = None
+    ready: bool = False
+
+
+def _load(settings: Settings) -> tuple[ModelConfig, Backend, BatchPipeline]:
+    config = load_model_config(settings.model)
+    backend = create_backend(config, settings)
+    scoring_net: ScoringNet | None = None
+    rescore_path = config.resolve(config.rescore_weights)
+    if rescore_path is not None and rescore_path.is_file():
+        scoring_net = load_scoring_net(rescore_path, config.keypoints.score_feature_dim).to(backend.device)
+    else:
+        log.warning("no scoring net at %s: poses are ranked by the mean joint score", rescore_path)
+    return config, backend, BatchPipeline(config, backend, scoring_net, backend.device)
+
+
+def _warm_up(state: ServiceState) -> None:
+    """Run every batch size the batcher can form (powers of two up to the maximum) once."""
+    assert state.pipeline is not None
+    size = state.settings.max_batch_size
+    sizes = sorted({min(2**i, size) for i in range(size.bit_length() + 1)})
+    image = np.zeros((480, 640, 3), np.uint8)
+    for n in sizes:
+        state.pipeline.run([image] * n, state.settings.flip, state.settings.scales)
+
+
+def _run_batch(state: ServiceState):  # noqa: ANN202 - a closure with the batcher's signature
+    settings = state.settings
+
+    def run(images, flip):  # noqa: ANN001, ANN202
+        assert state.pipeline is not None
+        out = state.pipeline.run(images, settings.flip if flip is None else flip, settings.scales)
+        if torch.cuda.is_available() and state.pipeline.device.type == "cuda":
+            state.metrics.gpu_memory.set(torch.cuda.memory_allocated(state.pipeline.device))
+        return out
+
+    return run
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model loads and warms up in the lifespan, before readiness."""
+    settings = settings or Settings()
+    state = ServiceState(settings, Metrics())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.config, state.backend, state.pipeline = await asyncio.to_thread(_load, settings)
+        if settings.warmup:
+            await asyncio.to_thread(_warm_up, state)
+        state.batcher = DynamicBatcher(
+            _run_batch(state),
+            settings.max_batch_size,
+            settings.max_queue_delay_ms / 1000,
+            settings.queue_limit,
+            state.metrics,
+        )
+        state.batcher.start()
+        state.ready = True
+        log.info("ready: %s on %s (%s backend)", state.config.name, settings.device, settings.backend)
+        try:
+            yield
+        finally:
+            state.ready = False
+            await state.batcher.close(settings.drain_timeout_s)
+
+    app = FastAPI(
+        title="Pose estimation service",
+        version="1",
+        description="Every person's keypoints in an image: bottom-up HRNet with heatmap-guided adaptive "
+        "keypoint estimates, batched on the device.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    register_exception_handlers(app)
+
+    @app.middleware("http")
+    async def record_requests(request: Request, call_next):  # noqa: ANN001, ANN202
+        if request.url.path != "/v1/pose":
+            return await call_next(request)
+        state.metrics.inflight.inc()
+        start = time.perf_counter()
+        status = 500
+        try:
+            response: Response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            state.metrics.inflight.dec()
+            state.metrics.request_seconds.observe(time.perf_counter() - start)
+            state.metrics.requests.labels(status=str(status)).inc()
+
+    from service.routes import health_router, models_router, pose_router
+
+    app.include_router(pose_router)
+    app.include_router(models_router)
+    app.include_router(health_router)
+
+    def openapi() -> dict:
+        """The generated schema plus the JSON request body, which the route parses itself."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body = PoseRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["PoseRequest"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,81 @@
+"""Typed errors and the one handler that turns them into ``{"error": {"code", "message"}}`` responses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ServiceError(Exception):
+    """Base of every error a client can cause or see; carries its HTTP status and a stable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class InvalidImageError(ServiceError):
+    status, code = 400, "invalid_image"
+
+
+class InvalidRequestError(ServiceError):
+    status, code = 400, "invalid_request"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class PayloadTooLargeError(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class ImageTooLargeError(ServiceError):
+    status, code = 413, "image_too_large"
+
+
+class UnauthorizedError(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class QueueFullError(ServiceError):
+    status, code = 429, "queue_full"
+
+
+class NotReadyError(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class RequestTimeoutError(ServiceError):
+    status, code = 504, "timeout"
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    """Map our errors, validation errors and unknown routes to one JSON shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
+        return JSONResponse(error_body("invalid_request", details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(f"http_{exc.status_code}", str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )

@@ -1,0 +1,63 @@
+"""Bytes to an RGB image, refusing what should not be decoded before decoding it.
+
+The type is sniffed from magic bytes (the client's Content-Type is not trusted), the size is read from
+the header and capped before any pixel is allocated (decompression bombs), truncated JPEGs are refused
+rather than half-decoded, and EXIF orientation is applied so a phone photo comes out upright.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
+
+__all__ = ["SUPPORTED_TYPES", "decode_image", "sniff_type"]
+
+SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp")
+Image.MAX_IMAGE_PIXELS = None  # our own cap applies, from the header, before decoding
+
+
+def sniff_type(data: bytes) -> str:
+    """The image type from its magic bytes."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise UnsupportedMediaTypeError("not a JPEG, PNG or WebP image (checked from the file's bytes)")
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+            warnings.simplefilter("ignore")
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InvalidImageError(f"corrupt image header: {err}") from None
+
+
+def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> np.ndarray:
+    """Decode JPEG, PNG or WebP bytes to an upright HWC uint8 RGB array.
+
+    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped).
+    """
+    if not data:
+        raise InvalidImageError("empty image")
+    kind = sniff_type(data)
+    width, height = _header_size(data)
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if min(width, height) < min_side:
+        raise InvalidImageError(f"image is {width}x{height}; both sides must be at least {min_side} pixels")
+    if kind == "image/jpeg" and b"\xff\xd9" not in data[-64:].rstrip(b"\x00\n\r "):
+        raise InvalidImageError("truncated JPEG: no end-of-image marker")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
+    if image is None or image.size == 0:
+        raise InvalidImageError(f"cannot decode the {kind.split('/')[1].upper()} data (corrupt or truncated)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

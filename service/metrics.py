@@ -1,0 +1,38 @@
+"""Prometheus metrics of the service, one registry per app (histograms, so quantiles aggregate)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every series the service exports, prefixed ``pose_``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("pose_requests", "Pose requests by HTTP status", ["status"], registry=r)
+        self.images = Counter("pose_images", "Images processed", registry=r)
+        self.request_seconds = Histogram(
+            "pose_request_duration_seconds", "End-to-end latency of POST /v1/pose", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "pose_queue_seconds", "Time a request waited for its batch to start", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "pose_inference_seconds", "Preprocessing + network forward per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.postprocess_seconds = Histogram(
+            "pose_postprocess_seconds", "Grouping and scoring per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "pose_batch_size", "Images per batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128), registry=r
+        )
+        self.persons = Histogram(
+            "pose_persons_per_image", "Poses returned per image", buckets=(0, 1, 2, 3, 5, 10, 20, 30), registry=r
+        )
+        self.queue_depth = Gauge("pose_queue_depth", "Requests waiting for a batch", registry=r)
+        self.inflight = Gauge("pose_inflight_requests", "Requests being handled", registry=r)
+        self.gpu_memory = Gauge("pose_gpu_memory_bytes", "CUDA memory allocated by the model's process", registry=r)

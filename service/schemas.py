@@ -1,0 +1,88 @@
+"""Request and response models of the HTTP API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Keypoint(BaseModel):
+    name: str
+    x: float = Field(description="image pixels, from the left")
+    y: float = Field(description="image pixels, from the top")
+    score: float = Field(description="joint confidence (center score x heat value); not a visibility flag")
+
+
+class Person(BaseModel):
+    keypoints: list[Keypoint]
+    score: float = Field(description="pose score: predicted OKS x mean joint score")
+    bbox: tuple[float, float, float, float] = Field(description="x, y, width, height around the keypoints")
+
+
+class CocoResult(BaseModel):
+    image_id: int
+    category_id: int = 1
+    keypoints: list[float] = Field(description="[x, y, score] * K, flat")
+    score: float
+
+
+class ImageResult(BaseModel):
+    width: int
+    height: int
+    people: list[Person] = Field(description="best first")
+    coco: list[CocoResult] | None = Field(None, description="present with format=coco")
+    overlay_jpeg_base64: str | None = Field(None, description="skeleton overlay, present with overlay=true")
+
+
+class Timings(BaseModel):
+    queue_ms: float
+    inference_ms: float = Field(description="preprocessing and network forward of the batch")
+    postprocess_ms: float = Field(description="grouping and scoring of the batch")
+    total_ms: float
+    batch_size: int = Field(description="images in the batch this request rode in")
+
+
+class PoseResponse(BaseModel):
+    model: str
+    version: int
+    results: list[ImageResult] = Field(description="one per input image, in order")
+    timings: Timings
+
+
+class JsonImage(BaseModel):
+    data: str = Field(description="base64-encoded JPEG, PNG or WebP bytes")
+
+
+class PoseRequest(BaseModel):
+    """JSON variant: one or several base64 images; options may also be given as query parameters."""
+
+    images: list[JsonImage] = Field(min_length=1)
+    score_threshold: float | None = Field(None, ge=0)
+    max_people: int | None = Field(None, ge=1, le=30)
+    flip: bool | None = None
+    overlay: bool | None = None
+    format: Literal["people", "coco"] | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    description: str
+    dataset: str
+    keypoints: list[str]
+    skeleton: list[tuple[int, int]]
+    input_size: int
+    flip: bool
+    scales: list[float]
+    backend: str
+    device: str
+    max_batch_size: int
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["live", "ready", "not_ready"]

@@ -1,0 +1,46 @@
+"""Service configuration from ``POSE_*`` environment variables (and an optional ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_coco_w8_256.yaml"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; Helm values and Docker env use the same names with ``POSE_``."""
+
+    model_config = SettingsConfigDict(env_prefix="POSE_", env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    model: Path = Field(DEFAULT_MODEL, description="model_repo/<name> folder or config.yaml")
+    weights: Path | None = Field(None, description="checkpoint overriding the config's weights")
+    backend: Literal["torch"] = Field("torch", description="network runtime (onnx and tensorrt come with export)")
+    device: str = "cpu"
+    half: bool = Field(False, description="float16 network on CUDA")
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for more")
+    queue_limit: int = Field(64, ge=1, description="requests waiting beyond this get 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="end-to-end limit per request; then 504")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decoded pixel cap, checked from the header")
+    min_image_side: int = Field(1, ge=1, description="smaller images get 400")
+    max_images_per_request: int = Field(16, ge=1)
+    flip: bool | None = Field(None, description="flip-test default (None: the model's)")
+    scales: list[float] | None = Field(None, description="test scales default (None: the model's)")
+    api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer")
+    warmup: bool = True
+    drain_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for queued requests")
+    host: str = "0.0.0.0"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.half and not self.device.startswith("cuda"):
+            raise ValueError("half precision needs a CUDA device")
+        if self.scales is not None and 1.0 not in self.scales:
+            raise ValueError(f"scales must include 1.0, got {self.scales}")
+        return self

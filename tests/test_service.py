@@ -1,0 +1,271 @@
+"""The HTTP service in-process (the real app through Starlette's test client) with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+from .conftest import DATA, FIXTURES, PARITY
+
+MODEL = FIXTURES / "tiny_coco_w8_256.yaml"
+PHOTO = DATA / "coco_sample" / "mmpose" / "000000000785.jpg"
+pytestmark = pytest.mark.skipif(
+    not (PHOTO.is_file() and (PARITY / "coco" / "ckpt.pth").is_file()), reason="needs ../shared (tiny model and photos)"
+)
+
+
+def settings(**overrides) -> Settings:
+    base = {
+        "model": MODEL,
+        "max_batch_size": 4,
+        "max_queue_delay_ms": 50,
+        "max_body_bytes": 2_000_000,
+        "max_image_pixels": 5_000_000,
+    }
+    return Settings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(settings())) as c:
+        yield c
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size, with a tiny (wrong) body: must be refused before decoding."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"IDAT" + zlib.compress(b"\x00" * 16)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(data) - 4)
+        + data
+        + struct.pack(">I", zlib.crc32(data))
+    )
+
+
+def test_real_photo_gives_people_with_named_keypoints(client: TestClient) -> None:
+    r = client.post("/v1/pose", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "tiny_coco_w8_256" and body["version"] == 1
+    (result,) = body["results"]
+    assert (result["width"], result["height"]) == (640, 425)
+    people = result["people"]
+    assert 0 < len(people) <= 30
+    assert [k["name"] for k in people[0]["keypoints"]][:3] == ["nose", "left_eye", "right_eye"]
+    assert len(people[0]["keypoints"]) == 17 and len(people[0]["bbox"]) == 4
+    scores = [p["score"] for p in people]
+    assert scores == sorted(scores, reverse=True)
+    assert body["timings"]["total_ms"] >= body["timings"]["inference_ms"] > 0
+
+
+def test_multipart_json_and_options(client: TestClient) -> None:
+    data = PHOTO.read_bytes()
+    r = client.post(
+        "/v1/pose",
+        files={"image": ("p.jpg", data, "image/jpeg")},
+        params={"max_people": 2, "format": "coco", "overlay": True},
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()["results"][0]
+    assert len(result["people"]) == 2 and len(result["coco"]) == 2
+    assert len(result["coco"][0]["keypoints"]) == 51 and result["coco"][0]["category_id"] == 1
+    overlay = base64.b64decode(result["overlay_jpeg_base64"])
+    assert Image.open(io.BytesIO(overlay)).size == (640, 425)
+    encoded = base64.b64encode(data).decode()
+    r = client.post(
+        "/v1/pose",
+        json={
+            "images": [{"data": encoded}, {"data": base64.b64encode(png(np.zeros((30, 50, 3), np.uint8))).decode()}],
+            "score_threshold": 1e9,
+        },
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [(x["width"], x["height"]) for x in results] == [(640, 425), (50, 30)]
+    assert all(x["people"] == [] for x in results)  # nothing scores above 1e9
+
+
+def test_concurrent_requests_are_batched(client: TestClient) -> None:
+    data = PHOTO.read_bytes()
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(
+            pool.map(lambda _: client.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"}), range(6))
+        )
+    assert all(r.status_code == 200 for r in responses)
+    assert max(r.json()["timings"]["batch_size"] for r in responses) > 1
+
+    def keypoints(r: httpx.Response) -> np.ndarray:
+        return np.array(
+            [[[k["x"], k["y"], k["score"]] for k in p["keypoints"]] for p in r.json()["results"][0]["people"]]
+        )
+
+    first = keypoints(responses[0])
+    for r in responses[1:]:  # batching changes nothing beyond float summation order
+        np.testing.assert_allclose(keypoints(r), first, atol=1e-3)
+    metrics = client.get("/metrics").text
+    count = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("pose_batch_size_count")))
+    total = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("pose_batch_size_sum")))
+    assert total / count > 1
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 20), (200, 10, 10)).save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+GOOD_VARIANTS = {
+    "grayscale png": (png(np.full((20, 30), 128, np.uint8)), (30, 20)),
+    "rgba png": (png(np.full((20, 30, 4), 200, np.uint8)), (30, 20)),
+    "16-bit png": (png(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100), (30, 20)),
+    "1x1 png": (png(np.zeros((1, 1, 3), np.uint8)), (1, 1)),
+    "exif-rotated jpeg": (exif_rotated_jpeg(), (20, 60)),
+}
+
+
+@pytest.mark.parametrize("name", list(GOOD_VARIANTS))
+def test_unusual_but_valid_images_give_results(client: TestClient, name: str) -> None:
+    data, size = GOOD_VARIANTS[name]
+    r = client.post("/v1/pose", content=data, headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["results"][0]["width"], r.json()["results"][0]["height"]) == size
+
+
+BAD_INPUTS = {
+    "empty body": (b"", "image/jpeg", 400, "invalid_image"),
+    "not an image": (b"hello world, not a picture", "image/jpeg", 415, "unsupported_media_type"),
+    "truncated jpeg": (PHOTO.read_bytes()[:5000] if PHOTO.is_file() else b"", "image/jpeg", 400, "invalid_image"),
+    "truncated png": (png(np.zeros((64, 64, 3), np.uint8))[:60], "image/png", 400, "invalid_image"),
+    "unsupported type": (b"GIF89a....", "image/gif", 415, "unsupported_media_type"),
+    "zero-size png": (png_header(0, 0), "image/png", 400, "invalid_image"),
+    "decompression bomb": (png_header(100_000, 100_000), "image/png", 413, "image_too_large"),
+    "body over the limit": (b"\xff\xd8\xff" + b"0" * 2_100_000, "image/jpeg", 413, "payload_too_large"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gets_a_clear_4xx_and_the_service_keeps_serving(client: TestClient, name: str) -> None:
+    data, media, status, code = BAD_INPUTS[name]
+    r = client.post("/v1/pose", content=data, headers={"content-type": media})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    assert client.get("/health/ready").status_code == 200
+
+
+def test_bad_json_and_parameters(client: TestClient) -> None:
+    r = client.post("/v1/pose", json={"images": [{"data": "not base64!!"}]})
+    assert r.status_code == 400 and "base64" in r.json()["error"]["message"]
+    assert client.post("/v1/pose", json={"images": []}).status_code == 400
+    assert client.post("/v1/pose", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    r = client.post(
+        "/v1/pose", content=PHOTO.read_bytes(), params={"max_people": 0}, headers={"content-type": "image/jpeg"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.post("/v1/pose", files={"other": (None, "text")})
+    assert r.status_code == 400 and "no file part" in r.json()["error"]["message"]
+
+
+def test_metrics_expose_the_documented_series(client: TestClient) -> None:
+    client.post("/v1/pose", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"})
+    text = client.get("/metrics").text
+    for series in (
+        "pose_requests_total",
+        "pose_request_duration_seconds_bucket",
+        "pose_queue_seconds_bucket",
+        "pose_inference_seconds_bucket",
+        "pose_postprocess_seconds_bucket",
+        "pose_batch_size_bucket",
+        "pose_queue_depth",
+        "pose_inflight_requests",
+        "pose_persons_per_image_bucket",
+        "pose_gpu_memory_bytes",
+    ):
+        assert series in text, series
+    assert 'pose_requests_total{status="200"}' in text
+
+
+def test_models_and_health_paths(client: TestClient) -> None:
+    models = client.get("/v1/models").json()["models"]
+    assert models[0]["name"] == "tiny_coco_w8_256" and len(models[0]["keypoints"]) == 17
+    for path in ("/health/live", "/v2/health/live", "/health/ready", "/v2/health/ready"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_readiness_flips_only_after_warm_up() -> None:
+    async def run() -> tuple[int, int, int]:
+        app = create_app(settings())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            before = (await c.get("/health/ready")).status_code
+            pose_before = (await c.post("/v1/pose", content=b"x", headers={"content-type": "image/jpeg"})).status_code
+            async with app.router.lifespan_context(app):
+                after = (await c.get("/health/ready")).status_code
+        return before, pose_before, after
+
+    assert asyncio.run(run()) == (503, 503, 200)
+
+
+def test_full_queue_returns_429_with_retry_after() -> None:
+    data = PHOTO.read_bytes()
+    with TestClient(create_app(settings(queue_limit=1, max_batch_size=1, max_queue_delay_ms=0, warmup=False))) as c:
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(
+                pool.map(lambda _: c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"}), range(8))
+            )
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 429 in codes, codes
+        rejected = next(r for r in responses if r.status_code == 429)
+        assert int(rejected.headers["retry-after"]) >= 1 and rejected.json()["error"]["code"] == "queue_full"
+
+
+def test_timeout_returns_504_and_the_service_recovers() -> None:
+    data = PHOTO.read_bytes()
+    with TestClient(create_app(settings(request_timeout_s=0.01, warmup=False))) as c:
+        r = c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert c.get("/health/ready").status_code == 200
+        c.app.state.service.settings.request_timeout_s = 60.0
+        assert c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_api_key_is_required_when_configured() -> None:
+    with TestClient(create_app(settings(api_key="s3cret", warmup=False))) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
+        assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/health/live").status_code == 200  # probes need no key
+
+
+def test_openapi_documents_every_body_type(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/v1/pose"]["post"]["requestBody"]["content"]
+    assert set(content) == {"image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"}
+    assert "PoseRequest" in spec["components"]["schemas"] and "PoseResponse" in spec["components"]["schemas"]
