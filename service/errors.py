@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+log = logging.getLogger("pose.service")
 
 
 class ServiceError(Exception):
@@ -48,6 +53,10 @@ class QueueFullError(ServiceError):
     status, code = 429, "queue_full"
 
 
+class ClientDisconnectedError(ServiceError):
+    status, code = 499, "client_closed_request"  # nginx's convention; nobody reads it
+
+
 class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
@@ -71,6 +80,11 @@ def register_exception_handlers(app: FastAPI) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
         return JSONResponse(error_body("invalid_request", details), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -42,10 +42,11 @@ def _header_size(data: bytes) -> tuple[int, int]:
         raise InvalidImageError(f"corrupt image header: {err}") from None
 
 
-def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> np.ndarray:
     """Decode JPEG, PNG or WebP bytes to an upright HWC uint8 RGB array.
 
-    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped).
+    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped). The aspect ratio is capped
+    because the network input keeps the short side fixed: a 1x10000 strip would need a 512x5 million canvas.
     """
     if not data:
         raise InvalidImageError("empty image")
@@ -55,6 +56,10 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> np.ndarray:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if min(width, height) < min_side:
         raise InvalidImageError(f"image is {width}x{height}; both sides must be at least {min_side} pixels")
+    if max(width, height) > max_aspect * min(width, height):
+        raise InvalidImageError(
+            f"image is {width}x{height}; the long side may be at most {max_aspect:g}x the short one"
+        )
     if kind == "image/jpeg" and b"\xff\xd9" not in data[-64:].rstrip(b"\x00\n\r "):
         raise InvalidImageError("truncated JPEG: no end-of-image marker")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation

@@ -19,7 +19,9 @@ from starlette.datastructures import UploadFile
 from pose.draw import draw_people, encode_image
 from pose.pipeline import PoseResult
 from pose.results import to_people
+from service.batcher import BatchInfo, DynamicBatcher
 from service.errors import (
+    ClientDisconnectedError,
     InvalidImageError,
     InvalidRequestError,
     NotReadyError,
@@ -197,6 +199,34 @@ def _image_result(
     )
 
 
+async def _wait_for_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
+
+
+async def _submit(
+    request: Request,
+    batcher: DynamicBatcher,
+    images: list[np.ndarray],
+    flip: bool | None,
+    remaining: float,
+    limit: float,
+) -> tuple[list[PoseResult], BatchInfo]:
+    """Queue the images; give up (and free the batch slot) on timeout or when the client disconnects."""
+    work = asyncio.ensure_future(batcher.submit(images, flip))
+    watch = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, watch}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()  # its future is cancelled, so the worker skips it
+    if watch in done:
+        raise ClientDisconnectedError("the client went away before its result was ready")
+    raise RequestTimeoutError(f"no result within {limit:g} s")
+
+
 @pose_router.post("/pose", response_model=PoseResponse, responses=ERRORS, openapi_extra=POSE_BODY)
 async def estimate_pose(
     request: Request,
@@ -233,16 +263,17 @@ async def estimate_pose(
     for i, payload in enumerate(payloads):
         try:
             images.append(
-                await asyncio.to_thread(decode_image, payload, settings.max_image_pixels, settings.min_image_side)
+                await asyncio.to_thread(
+                    decode_image, payload, settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio
+                )
             )
         except ServiceError as err:
             err.message = f"image {i}: {err.message}" if len(payloads) > 1 else err.message
             raise
     remaining = settings.request_timeout_s - (time.perf_counter() - start)
-    try:
-        results, info = await asyncio.wait_for(state.batcher.submit(images, flip), max(remaining, 0.001))
-    except TimeoutError:
-        raise RequestTimeoutError(f"no result within {settings.request_timeout_s:g} s") from None
+    results, info = await _submit(
+        request, state.batcher, images, flip, max(remaining, 0.001), settings.request_timeout_s
+    )
     cfg = state.config
     response = PoseResponse(
         model=cfg.name,

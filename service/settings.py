@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decoded pixel cap, checked from the header")
     min_image_side: int = Field(1, ge=1, description="smaller images get 400")
+    max_aspect_ratio: float = Field(8.0, ge=1, description="long side / short side beyond which images get 400")
     max_images_per_request: int = Field(16, ge=1)
     flip: bool | None = Field(None, description="flip-test default (None: the model's)")
     scales: list[float] | None = Field(None, description="test scales default (None: the model's)")

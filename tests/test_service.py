@@ -166,6 +166,7 @@ BAD_INPUTS = {
     "unsupported type": (b"GIF89a....", "image/gif", 415, "unsupported_media_type"),
     "zero-size png": (png_header(0, 0), "image/png", 400, "invalid_image"),
     "decompression bomb": (png_header(100_000, 100_000), "image/png", 413, "image_too_large"),
+    "extreme aspect ratio": (png(np.zeros((2, 400, 3), np.uint8)), "image/png", 400, "invalid_image"),
     "body over the limit": (b"\xff\xd8\xff" + b"0" * 2_100_000, "image/jpeg", 413, "payload_too_large"),
 }
 

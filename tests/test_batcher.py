@@ -1,0 +1,137 @@
+"""The dynamic batcher with a fake model: batch formation, carry-over, cancelled requests, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pose.pipeline import BatchTimings, PoseResult
+from service.batcher import DynamicBatcher
+from service.errors import NotReadyError, QueueFullError
+from service.metrics import Metrics
+
+
+class FakeModel:
+    """Records each batch; answers every image with one pose whose score is the image's first pixel."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.seconds = seconds
+
+    def __call__(self, images, flip):  # noqa: ANN001, ANN204
+        self.batches.append([int(im[0, 0, 0]) for im in images])
+        time.sleep(self.seconds)
+        results = [
+            PoseResult(
+                torch.zeros(1, 17, 3),
+                torch.zeros(1, 17, 3),
+                torch.tensor([float(im[0, 0, 0])]),
+                torch.zeros(1),
+                torch.zeros(1),
+                torch.zeros(1, 4),
+            )
+            for im in images
+        ]
+        return results, BatchTimings(inference=0.001, postprocess=0.001)
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((4, 4, 3), value, np.uint8)
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_form_batches_up_to_the_limit_and_get_their_own_results() -> None:
+    async def scenario() -> tuple[FakeModel, list[float]]:
+        model = FakeModel()
+        batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0.2, queue_limit=100, metrics=Metrics())
+        batcher.start()
+        outs = await asyncio.gather(*(batcher.submit([image(i)], None) for i in range(10)))
+        await batcher.close(5)
+        return model, [float(res[0].scores[0]) for res, _ in outs]
+
+    model, scores = run(scenario())
+    assert scores == [float(i) for i in range(10)]  # each request got its own image's answer
+    assert [len(b) for b in model.batches] == [4, 4, 2]
+
+
+def test_a_request_that_does_not_fit_waits_for_the_next_batch() -> None:
+    async def scenario() -> FakeModel:
+        model = FakeModel()
+        batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0.2, queue_limit=100, metrics=Metrics())
+        batcher.start()
+        await asyncio.gather(
+            batcher.submit([image(1), image(2), image(3)], None),
+            batcher.submit([image(4), image(5)], None),
+            batcher.submit([image(6)], None),
+        )
+        await batcher.close(5)
+        return model
+
+    assert run(scenario()).batches == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_cancelled_requests_cost_no_model_time() -> None:
+    async def scenario() -> FakeModel:
+        model = FakeModel(seconds=0.2)
+        batcher = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, queue_limit=100, metrics=Metrics())
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([image(1)], None))
+        await asyncio.sleep(0.05)  # the first is running; the next two wait
+        second = asyncio.ensure_future(batcher.submit([image(2)], None))
+        third = asyncio.ensure_future(batcher.submit([image(3)], None))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        await first
+        await third
+        await batcher.close(5)
+        return model
+
+    assert run(scenario()).batches == [[1], [3]]
+
+
+def test_queue_limit_and_closing() -> None:
+    async def scenario() -> None:
+        model = FakeModel(seconds=0.2)
+        batcher = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, queue_limit=1, metrics=Metrics())
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit([image(1)], None))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit([image(2)], None))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError) as info:
+            await batcher.submit([image(3)], None)
+        assert int(info.value.headers["Retry-After"]) >= 1
+        await batcher.close(5)  # drains what was queued before closing
+        assert (await running)[0][0].scores.item() == 1 and (await queued)[0][0].scores.item() == 2
+        with pytest.raises(NotReadyError):
+            await batcher.submit([image(4)], None)
+
+    run(scenario())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_survives() -> None:
+    async def scenario() -> None:
+        calls = {"n": 0}
+        model = FakeModel()
+
+        def flaky(images, flip):  # noqa: ANN001, ANN202
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("device fault")
+            return model(images, flip)
+
+        batcher = DynamicBatcher(flaky, max_batch_size=1, max_queue_delay_s=0, queue_limit=10, metrics=Metrics())
+        batcher.start()
+        with pytest.raises(RuntimeError, match="device fault"):
+            await batcher.submit([image(1)], None)
+        assert (await batcher.submit([image(2)], None))[0][0].scores.item() == 2
+        await batcher.close(5)
+
+    run(scenario())
