@@ -17,6 +17,7 @@ __all__ = [
     "ArchitectureConfig",
     "DecodeConfig",
     "InputConfig",
+    "OnnxArtifact",
     "KeypointConfig",
     "ModelConfig",
     "StageConfig",
@@ -143,6 +144,16 @@ class TestConfig(_Strict):
     flip_shift: int = 3  # flipped input is shifted left by this many input pixels (authors' choice)
 
 
+class OnnxArtifact(_Strict):
+    """An exported ONNX file and its interface, written by ``pose-export onnx``."""
+
+    path: str  # relative to the model folder, e.g. "1/model.onnx"
+    variant: Literal["portable", "plugin"]
+    opset: int
+    inputs: dict[str, list[int | str]]  # name -> shape with symbolic dims
+    outputs: dict[str, list[int | str]]
+
+
 class ModelConfig(_Strict):
     """Everything needed to build, load and run one servable model."""
 
@@ -156,6 +167,7 @@ class ModelConfig(_Strict):
     test: TestConfig = TestConfig()
     weights: str | None = None  # relative to the config's folder, e.g. "1/model.pth"
     rescore_weights: str | None = None
+    onnx: list[OnnxArtifact] = []  # exported graphs, filled in by the export command
     root: Path | None = Field(default=None, exclude=True)  # folder the config was read from
 
     def resolve(self, relative: str | None) -> Path | None:

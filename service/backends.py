@@ -51,6 +51,20 @@ class TorchBackend:
 
 
 def create_backend(config: ModelConfig, settings: Settings) -> Backend:
+    """The configured runtime; ONNX and TensorRT come from export's runtime pieces."""
+    k = config.keypoints.num_keypoints
     if settings.backend == "torch":
         return TorchBackend(config, settings)
-    raise ValueError(f"backend {settings.backend!r} is not available in this build; use torch")
+    if settings.backend == "onnx":
+        from export.onnx_runtime import OnnxRuntimeNetwork
+
+        path = settings.onnx_path or next(
+            (config.resolve(a.path) for a in config.onnx if a.variant == "portable"), None
+        )
+        if path is None:
+            raise FileNotFoundError(f"model {config.name} has no portable ONNX; run pose-export onnx or set POSE_ONNX_PATH")
+        return OnnxRuntimeNetwork(path, k, settings.device, config.input.stride)
+    from export.tensorrt_runtime import TensorRTNetwork
+
+    engine = settings.engine_path or config.resolve(f"{config.version}/model.plan")
+    return TensorRTNetwork(engine, k, settings.device)

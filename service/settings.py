@@ -18,7 +18,9 @@ class Settings(BaseSettings):
 
     model: Path = Field(DEFAULT_MODEL, description="model_repo/<name> folder or config.yaml")
     weights: Path | None = Field(None, description="checkpoint overriding the config's weights")
-    backend: Literal["torch"] = Field("torch", description="network runtime (onnx and tensorrt come with export)")
+    backend: Literal["torch", "onnx", "tensorrt"] = Field("torch", description="network runtime")
+    onnx_path: Path | None = Field(None, description="ONNX graph for the onnx backend (default: the config's portable one)")
+    engine_path: Path | None = Field(None, description="TensorRT engine for the tensorrt backend")
     device: str = "cpu"
     half: bool = Field(False, description="float16 network on CUDA")
     max_batch_size: int = Field(8, ge=1, le=256)

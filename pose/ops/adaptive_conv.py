@@ -12,11 +12,22 @@ replaces :func:`deform_conv3x3` and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["REGULAR_GRID", "AdaptiveConv2d", "adaptive_conv", "affine_to_offsets", "deform_conv3x3"]
+__all__ = [
+    "REGULAR_GRID",
+    "AdaptiveConv2d",
+    "adaptive_conv",
+    "affine_to_offsets",
+    "deform_conv3x3",
+    "register_implementation",
+    "use_implementation",
+]
 
 # Rows: (dy, dx) of the 9 taps of a 3x3 kernel, tap k = 3 * row + col. The authors' ``regular_matrix``.
 REGULAR_GRID = torch.tensor(
@@ -83,6 +94,34 @@ def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, dilation: int = 1)
     return out.view(b, -1, h, w)
 
 
+def _adaptive_conv_torch(x: Tensor, affine: Tensor, weight: Tensor, dilation: int) -> Tensor:
+    return deform_conv3x3(x, affine_to_offsets(affine), weight, dilation)
+
+
+# Swappable implementations of the whole op (same signature): "torch" here; export/ registers a custom
+# op (ONNX plugin node) and a fused Triton kernel. Tests pin them to each other.
+_IMPLEMENTATIONS: dict[str, Callable[[Tensor, Tensor, Tensor, int], Tensor]] = {"torch": _adaptive_conv_torch}
+_active = "torch"
+
+
+def register_implementation(name: str, fn: Callable[[Tensor, Tensor, Tensor, int], Tensor]) -> None:
+    """Make ``fn(x, affine, weight, dilation)`` selectable as ``name``."""
+    _IMPLEMENTATIONS[name] = fn
+
+
+@contextmanager
+def use_implementation(name: str) -> Iterator[None]:
+    """Run every adaptive convolution through implementation ``name`` inside the block (process-wide)."""
+    global _active
+    if name not in _IMPLEMENTATIONS:
+        raise KeyError(f"no adaptive-conv implementation {name!r}; known: {sorted(_IMPLEMENTATIONS)}")
+    previous, _active = _active, name
+    try:
+        yield
+    finally:
+        _active = previous
+
+
 def adaptive_conv(x: Tensor, affine: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
     """Adaptive 3x3 convolution: the taps of ``weight`` sample ``x`` at ``q + dilation * g + (T - I) g``.
 
@@ -104,7 +143,7 @@ def adaptive_conv(x: Tensor, affine: Tensor, weight: Tensor, dilation: int = 1) 
         >>> adaptive_conv(x, identity, torch.randn(4, 8, 3, 3)).shape
         torch.Size([2, 4, 16, 16])
     """
-    return deform_conv3x3(x, affine_to_offsets(affine), weight, dilation)
+    return _IMPLEMENTATIONS[_active](x, affine, weight, dilation)
 
 
 class AdaptiveConv2d(nn.Module):

@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX (portable / plugin) -> TensorRT engine, and the fused adaptive-conv kernel."""

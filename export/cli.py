@@ -1,0 +1,89 @@
+"""``pose-export``: checkpoint -> ONNX (portable, plugin) -> TensorRT, and cross-backend verification."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Export models and verify the exported artifacts.", no_args_is_help=True, add_completion=False)
+
+ModelArg = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder (its config.yaml)")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
+
+
+def _load(model: Path, weights: Path | None):  # noqa: ANN202
+    from pose.api import PoseEstimator
+
+    return PoseEstimator.from_config(model, weights=weights)
+
+
+@app.command()
+def onnx(
+    model: ModelArg,
+    weights: WeightsOpt = None,
+    variant: Annotated[str, typer.Option(help="portable, plugin or both")] = "both",
+    size: Annotated[str, typer.Option(help="example input HxW used for tracing")] = "512x512",
+    out: Annotated[Path | None, typer.Option(help="output folder (default: <model>/<version>/)")] = None,
+) -> None:
+    """Export ONNX graphs and record them (opset, input/output shapes) in the model's config.yaml."""
+    from export.artifacts import describe_onnx, record_onnx
+    from export.onnx_export import export_onnx
+
+    est = _load(model, weights)
+    folder = out or (model / str(est.config.version))
+    h, w = (int(v) for v in size.split("x"))
+    variants = ["portable", "plugin"] if variant == "both" else [variant]
+    for v in variants:
+        path = folder / ("model.onnx" if v == "portable" else "model_plugin.onnx")
+        proto = export_onnx(est.model, path, v, (h, w))  # type: ignore[arg-type]
+        if model.is_dir():
+            record_onnx(
+                model,
+                describe_onnx(proto, str(path.relative_to(model)) if path.is_relative_to(model) else str(path), v),
+            )
+        typer.echo(f"{v}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    images: Annotated[list[Path], typer.Argument(help="images to compare on")],
+    weights: WeightsOpt = None,
+    onnx_path: Annotated[Path | None, typer.Option("--onnx", help="portable ONNX (default: the config's)")] = None,
+    engine: Annotated[Path | None, typer.Option(help="TensorRT engine to include (needs tensorrt and a GPU)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the comparison as JSON")] = None,
+) -> None:
+    """Torch vs ONNX Runtime (and TensorRT): max/mean differences of raw outputs and OKS of final poses."""
+    from export.onnx_runtime import OnnxRuntimeNetwork
+    from export.verify import compare
+    from pose.preprocess import image_to_tensor, plan_transform, resize_image
+
+    est = _load(model, weights)
+    cfg = est.config
+    path = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "portable"), None)
+    if path is None:
+        raise typer.BadParameter("no portable ONNX recorded in the config; pass --onnx")
+    candidates = {"onnxruntime": OnnxRuntimeNetwork(path, cfg.keypoints.num_keypoints)}
+    if engine is not None:
+        from export.tensorrt_runtime import TensorRTNetwork
+
+        candidates["tensorrt"] = TensorRTNetwork(engine, cfg.keypoints.num_keypoints)
+    pictures = [est.read_image(p) for p in images]
+    t = plan_transform(pictures[0].shape[1], pictures[0].shape[0], cfg.input.size)
+    inputs = image_to_tensor(resize_image(pictures[0], t), cfg.input)
+    rows = compare(cfg, est.model, candidates, est.scoring_net, pictures, inputs)
+    for r in rows:
+        typer.echo(
+            f"{r.name:12s} heatmaps max {r.heatmaps_max:.2e} mean {r.heatmaps_mean:.2e} | offsets max "
+            f"{r.offsets_max:.2e} mean {r.offsets_mean:.2e} | pose OKS {r.mean_oks:.4f} "
+            f"| same counts {r.same_pose_count}"
+        )
+    if json_out:
+        json_out.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    app()

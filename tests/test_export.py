@@ -1,0 +1,148 @@
+"""ONNX export: portable graph in ONNX Runtime and plugin graph in the ONNX reference evaluator vs torch."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from fastapi.testclient import TestClient
+from onnx.reference import ReferenceEvaluator
+
+from export.custom_op import AdaptiveConvReference
+from export.onnx_export import export_onnx
+from export.onnx_runtime import OnnxRuntimeNetwork
+from pose.api import PoseEstimator
+from pose.config import load_model_config
+from pose.models.hrnet import create_model
+
+from .conftest import DATA, FIXTURES, PARITY, ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model_repo folder for the tiny parity model, with its portable and plugin graphs exported."""
+    if not (PARITY / "coco" / "ckpt.pth").is_file():
+        pytest.skip("needs ../shared/parity")
+    folder = tmp_path_factory.mktemp("repo") / "tiny"
+    folder.mkdir()
+    data = yaml.safe_load((FIXTURES / "tiny_coco_w8_256.yaml").read_text())
+    data["weights"] = str(PARITY / "coco" / "ckpt.pth")
+    data["rescore_weights"] = str(PARITY / "coco" / "rescore.pth")
+    (folder / "config.yaml").write_text("# tiny test model\n" + yaml.safe_dump(data, sort_keys=False))
+    from typer.testing import CliRunner
+
+    from export.cli import app
+
+    result = CliRunner().invoke(app, ["onnx", "--model", str(folder), "--size", "128x192"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.mark.slow
+def test_portable_w32_in_onnxruntime_equals_torch_at_two_sizes() -> None:
+    torch.manual_seed(0)
+    model = create_model(load_model_config(ROOT / "model_repo" / "hrnet_w32_coco_512")).eval()
+    path = Path(tempfile.mkdtemp()) / "w32_portable.onnx"
+    try:
+        proto = export_onnx(model, path, "portable", (256, 256))
+        assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # standard ops only
+        assert any(n.op_type == "GridSample" for n in proto.graph.node)
+        network = OnnxRuntimeNetwork(path, 17)
+        for size in ((256, 256), (256, 384)):
+            x = torch.randn(2, 3, *size)
+            with torch.no_grad():
+                want = model(x)
+            got = network(x)
+            torch.testing.assert_close(got.heatmaps, want.heatmaps, atol=1e-4, rtol=0)
+            torch.testing.assert_close(got.offsets, want.offsets, atol=1e-4, rtol=0)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_config_records_both_variants(tiny_repo: Path) -> None:
+    cfg = load_model_config(tiny_repo)
+    assert {a.variant for a in cfg.onnx} == {"portable", "plugin"}
+    portable = next(a for a in cfg.onnx if a.variant == "portable")
+    assert (
+        portable.opset == 20
+        and list(portable.inputs) == ["image"]
+        and list(portable.outputs) == ["heatmaps", "offsets"]
+    )
+    assert portable.inputs["image"][1] == 3 and isinstance(portable.inputs["image"][0], str)  # dynamic batch
+    assert (tiny_repo / "config.yaml").read_text().startswith("# tiny test model")
+
+
+def test_portable_tiny_matches_torch_on_a_real_photo(tiny_repo: Path) -> None:
+    est = PoseEstimator.from_config(tiny_repo)
+    cfg = est.config
+    network = OnnxRuntimeNetwork(cfg.resolve(cfg.onnx[0].path), 17)
+    image = est.read_image(DATA / "coco_sample" / "mmpose" / "000000000785.jpg")
+    from pose.preprocess import image_to_tensor, plan_transform, resize_image
+
+    x = image_to_tensor(resize_image(image, plan_transform(image.shape[1], image.shape[0], 256)), cfg.input)
+    with torch.no_grad():
+        want = est.model(x)
+    got = network(x)
+    # Offsets reach +-30 here (parity README), so the bound is relative to that range.
+    torch.testing.assert_close(got.heatmaps, want.heatmaps, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.offsets, want.offsets, atol=3e-4, rtol=0)
+
+
+def test_plugin_graph_has_one_node_per_adaptive_conv_and_evaluates_like_torch(tiny_repo: Path) -> None:
+    cfg = load_model_config(tiny_repo)
+    plugin = next(a for a in cfg.onnx if a.variant == "plugin")
+    proto = onnx.load(str(cfg.resolve(plugin.path)))
+    nodes = [n for n in proto.graph.node if n.domain == "pose"]
+    assert len(nodes) == 8 and {n.op_type for n in nodes} == {"AdaptiveConv"}  # 4 blocks x 2 convolutions
+    dilations = sorted(next(a.i for a in n.attribute if a.name == "dilation") for n in nodes)
+    assert dilations == [1, 1, 1, 1, 2, 2, 3, 3]
+    assert not any(n.op_type == "GridSample" for n in proto.graph.node)
+    est = PoseEstimator.from_config(tiny_repo)
+    x = torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(0))
+    heat, off = ReferenceEvaluator(proto, new_ops=[AdaptiveConvReference]).run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        want = est.model(x)
+    np.testing.assert_allclose(heat, want.heatmaps.numpy(), atol=1e-4)
+    np.testing.assert_allclose(off, want.offsets.numpy(), atol=3e-4)
+
+
+def test_service_runs_on_the_onnxruntime_backend(tiny_repo: Path) -> None:
+    from service.app import create_app
+    from service.settings import Settings
+
+    photo = DATA / "coco_sample" / "mmpose" / "000000000785.jpg"
+    with TestClient(create_app(Settings(model=tiny_repo, backend="onnx", warmup=False))) as client:
+        assert client.get("/v1/models").json()["models"][0]["backend"] == "onnx"
+        r = client.post("/v1/pose", content=photo.read_bytes(), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        onnx_people = r.json()["results"][0]["people"]
+    with TestClient(create_app(Settings(model=tiny_repo, warmup=False))) as client:
+        torch_people = client.post(
+            "/v1/pose", content=photo.read_bytes(), headers={"content-type": "image/jpeg"}
+        ).json()
+    torch_people = torch_people["results"][0]["people"]
+    assert len(onnx_people) == len(torch_people)
+    assert abs(onnx_people[0]["score"] - torch_people[0]["score"]) < 1e-3
+
+
+def test_verify_command_reports_differences_and_pose_agreement(tiny_repo: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from export.cli import app
+
+    out = tmp_path / "verify.json"
+    photo = DATA / "coco_sample" / "mmpose" / "000000196141.jpg"
+    result = CliRunner().invoke(app, ["verify", "--model", str(tiny_repo), str(photo), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = yaml.safe_load(out.read_text())
+    assert row["name"] == "onnxruntime" and row["heatmaps_max"] < 1e-4 and row["offsets_max"] < 3e-4
+    assert row["same_pose_count"] and row["mean_oks"] > 0.95
+    shutil.rmtree(tmp_path, ignore_errors=True)
