@@ -14,6 +14,7 @@ from torch import Tensor
 from pose.checkpoint import load_weights
 from pose.config import ModelConfig
 from pose.models.hrnet import PoseOutput, create_model
+from pose.ops.adaptive_conv import use_implementation
 from service.settings import Settings
 
 
@@ -42,12 +43,27 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         if self.half:
             self.model = self.model.half()
+        self.adaptive_conv = _pick_adaptive_conv(settings.adaptive_conv, self.device)
 
     def __call__(self, x: Tensor) -> PoseOutput:
-        out = self.model(x.half() if self.half else x)
+        with use_implementation(self.adaptive_conv):
+            out = self.model(x.half() if self.half else x)
         if not self.half:
             return out
         return PoseOutput(*(t.float() if t is not None else None for t in out))
+
+
+def _pick_adaptive_conv(choice: str, device: torch.device) -> str:
+    """The fused Triton kernel on CUDA when available, else the pure-torch op."""
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        return "torch"
+    try:
+        import export.triton_kernel  # noqa: F401 - registers the "triton" implementation
+    except ImportError:
+        if choice == "triton":
+            raise
+        return "torch"
+    return "triton"
 
 
 def create_backend(config: ModelConfig, settings: Settings) -> Backend:
@@ -62,7 +78,9 @@ def create_backend(config: ModelConfig, settings: Settings) -> Backend:
             (config.resolve(a.path) for a in config.onnx if a.variant == "portable"), None
         )
         if path is None:
-            raise FileNotFoundError(f"model {config.name} has no portable ONNX; run pose-export onnx or set POSE_ONNX_PATH")
+            raise FileNotFoundError(
+                f"model {config.name} has no portable ONNX; run pose-export onnx or set POSE_ONNX_PATH"
+            )
         return OnnxRuntimeNetwork(path, k, settings.device, config.input.stride)
     from export.tensorrt_runtime import TensorRTNetwork
 

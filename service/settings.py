@@ -19,10 +19,15 @@ class Settings(BaseSettings):
     model: Path = Field(DEFAULT_MODEL, description="model_repo/<name> folder or config.yaml")
     weights: Path | None = Field(None, description="checkpoint overriding the config's weights")
     backend: Literal["torch", "onnx", "tensorrt"] = Field("torch", description="network runtime")
-    onnx_path: Path | None = Field(None, description="ONNX graph for the onnx backend (default: the config's portable one)")
+    onnx_path: Path | None = Field(
+        None, description="ONNX graph for the onnx backend (default: the config's portable one)"
+    )
     engine_path: Path | None = Field(None, description="TensorRT engine for the tensorrt backend")
     device: str = "cpu"
     half: bool = Field(False, description="float16 network on CUDA")
+    adaptive_conv: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="adaptive-conv implementation of the torch backend (auto: the Triton kernel on CUDA)"
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for more")
     queue_limit: int = Field(64, ge=1, description="requests waiting beyond this get 429")

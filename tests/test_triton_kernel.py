@@ -1,0 +1,52 @@
+"""The fused Triton kernel against the pure-torch adaptive convolution: interpreter on CPU, real on GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# Without a GPU, conftest sets TRITON_INTERPRET=1 before anything imports triton.
+pytest.importorskip("triton", reason="triton is not installed")
+
+from export.triton_kernel import adaptive_conv_triton  # noqa: E402
+from pose.ops.adaptive_conv import adaptive_conv, use_implementation  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def inputs(b: int, c: int, h: int, w: int, o: int, spread: float, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g)
+    affine = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 4, 1, 1) + spread * torch.randn(b, 4, h, w, generator=g)
+    weight = torch.randn(o, c, 3, 3, generator=g) / (3 * c**0.5)
+    return x.to(DEVICE), affine.to(DEVICE), weight.to(DEVICE)
+
+
+@pytest.mark.parametrize(
+    "shape,dilation,spread",
+    [((1, 3, 5, 7, 4), 1, 0.6), ((2, 20, 6, 9, 35), 2, 1.5), ((1, 16, 8, 8, 16), 3, 0.2), ((1, 17, 3, 4, 33), 1, 3.0)],
+)
+def test_kernel_equals_the_torch_op_in_float32(shape: tuple[int, ...], dilation: int, spread: float) -> None:
+    """Channel and pixel counts that are not block multiples; large spreads sample far outside."""
+    x, affine, weight = inputs(*shape, spread=spread, seed=sum(shape))
+    with use_implementation("torch"):
+        want = adaptive_conv(x, affine, weight, dilation)
+    got = adaptive_conv_triton(x, affine, weight, dilation)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_registered_as_a_swappable_implementation() -> None:
+    x, affine, weight = inputs(1, 4, 4, 4, 4, spread=0.3, seed=1)
+    with use_implementation("triton"):
+        got = adaptive_conv(x, affine, weight, 1)
+    torch.testing.assert_close(got, adaptive_conv(x, affine, weight, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+def test_kernel_on_gpu_at_head_sizes(dtype: torch.dtype, tol: float) -> None:
+    x, affine, weight = inputs(2, 256, 128, 192, 256, spread=0.15, seed=0)
+    want = adaptive_conv(x.double(), affine.double(), weight.double(), 1).float()
+    got = adaptive_conv_triton(x.to(dtype), affine.to(dtype), weight.to(dtype), 1).float()
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
