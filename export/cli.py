@@ -87,3 +87,29 @@ def verify(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def tensorrt(
+    model: ModelArg,
+    onnx_path: Annotated[Path | None, typer.Option("--onnx", help="plugin ONNX (default: the config's)")] = None,
+    fp16: Annotated[bool, typer.Option(help="allow float16 kernels")] = True,
+    max_batch: Annotated[int, typer.Option(help="largest batch of the optimization profiles")] = 32,
+    out: Annotated[Path | None, typer.Option(help="engine file (default: <model>/<version>/model.plan)")] = None,
+) -> None:
+    """Build a TensorRT engine (+ .json metadata) for this GPU from the plugin ONNX graph."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
+        raise typer.Exit(2) from None
+    from export.tensorrt_engine import build_engine
+    from pose.config import load_model_config
+
+    cfg = load_model_config(model)
+    source = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "plugin"), None)
+    if source is None:
+        raise typer.BadParameter("no plugin ONNX recorded in the config; run pose-export onnx first or pass --onnx")
+    engine = out or model / str(cfg.version) / "model.plan"
+    meta = build_engine(cfg, source, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
+    typer.echo(f"{engine}: TensorRT {meta.tensorrt_version}, sm {meta.compute_capability}, {meta.precision}")
