@@ -64,6 +64,23 @@ def network_rows(
                 {"backend": name, "batch": batch, "ms": t["median_ms"], "images_per_s": 1000 * batch / t["median_ms"]}
             )
         net = net.float().to(memory_format=torch.contiguous_format)
+    if device.startswith("cuda"):  # compilation takes minutes on a CPU and pays only on a GPU
+        compiled = torch.compile(net.half().to(memory_format=torch.channels_last), mode="max-autotune")
+        for batch in batches:
+            x = torch.randn(batch, 3, *size, device=device, dtype=torch.float16).contiguous(
+                memory_format=torch.channels_last
+            )
+            with torch.inference_mode():
+                t = time_call(lambda x=x: compiled(x), repeat, warmup=2, device=device)
+            rows.append(
+                {
+                    "backend": "torch.compile fp16",
+                    "batch": batch,
+                    "ms": t["median_ms"],
+                    "images_per_s": 1000 * batch / t["median_ms"],
+                }
+            )
+        net = net.float().to(memory_format=torch.contiguous_format)
     if full:
         import tempfile
 

@@ -211,6 +211,15 @@ def _absorb(
     return new_joints, new_scores
 
 
+def _unique_first(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct values of ``key``, the index of each one's first occurrence, and the inverse map."""
+    values, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full_like(values, key.numel()).scatter_reduce(
+        0, inverse, torch.arange(key.numel(), device=key.device), reduce="amin"
+    )
+    return values, first, inverse
+
+
 def _refine(
     fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, center: Tensor, valid: Tensor, cfg: DecodeConfig
 ) -> tuple[Tensor, Tensor]:
@@ -232,8 +241,13 @@ def _refine(
     sel = todo.nonzero(as_tuple=True)
     if sel[0].numel() == 0:  # nonzero() syncs once; every later shape depends on it
         return joints, scores
-    bi, ki = sel[0], sel[2]
-    rows_s, cols_s, rlo_s, clo_s = rows[sel], cols[sel], r_lo[sel], c_lo[sel]
+    # A fit depends only on (image, joint type, rounded position): fit each distinct window once, as the
+    # authors' per-joint cache does, and share the result.
+    key = ((sel[0] * k + sel[2]) * (2 * h) + r[sel] + h) * (2 * w) + c[sel] + w
+    _, first, inverse = _unique_first(key)
+    one = tuple(idx[first] for idx in sel)
+    bi, ki = one[0], one[2]
+    rows_s, cols_s, rlo_s, clo_s = rows[one], cols[one], r_lo[one], c_lo[one]
     # Window values in row-major order, padded to 13 x 13 with a mask.
     f = torch.arange(169, device=fused.device).view(1, -1)
     inside = f < (rows_s * cols_s).view(-1, 1)
@@ -245,17 +259,19 @@ def _refine(
     # The authors' xdata pairs value f with (f // rows, f % rows): right for square windows only.
     a = (f // rows_s.view(-1, 1)).to(torch.float64)
     bcoord = (f % rows_s.view(-1, 1)).to(torch.float64)
-    rr, cc = r[sel] % hb.view(-1)[bi], c[sel] % wb.view(-1)[bi]  # negative indices wrap, as in torch
+    rr, cc = r[one] % hb.view(-1)[bi], c[one] % wb.view(-1)[bi]  # negative indices wrap, as in torch
     start = torch.stack(
         [
             flat[bi, ki, rr * w + cc].double(),
-            (r[sel] - rlo_s).double(),
-            (c[sel] - clo_s).double(),
+            (r[one] - rlo_s).double(),
+            (c[one] - clo_s).double(),
             torch.full_like(a[:, 0], 2.0),
         ],
         dim=1,
     )
     params, ok = fit_gaussians(a, bcoord, data.double(), inside, start)
+    params, ok = params[inverse], ok[inverse]
+    rlo_s, clo_s = r_lo[sel], c_lo[sel]
     amp, y0, x0 = params[:, 0], params[:, 1], params[:, 2]
     new_xy = torch.stack([(clo_s.double() + x0), (rlo_s.double() + y0)], -1).to(joints.dtype)
     new_score = (amp * center.unsqueeze(-1).expand(-1, -1, k)[sel].double()).to(scores.dtype)

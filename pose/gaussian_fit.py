@@ -70,6 +70,8 @@ def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -
     par = torch.where(par == 0, gnorm / dxnorm.clamp(min=DWARF), par)
     active = ~gauss_newton
     for it in range(1, 11):
+        if not bool(active.any()):  # one host sync per Newton step saves the remaining no-op iterations
+            break
         par = torch.where(active & (par == 0), torch.clamp(0.001 * paru, min=DWARF), par)
         y = torch.where(active.unsqueeze(-1), scaled_step(par), y)
         dxnorm = _norm(y)
