@@ -98,6 +98,32 @@ def raw(
 
 
 @app.command()
+def evaluate(
+    annotations: Annotated[Path, typer.Argument(help="COCO or CrowdPose keypoint annotation JSON")],
+    images: Annotated[Path, typer.Argument(help="folder of the annotated images")],
+    model: ModelOpt,
+    weights: WeightsOpt = None,
+    flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
+    scales: Annotated[
+        list[float] | None, typer.Option(help="test scales, e.g. --scales 2 --scales 1 --scales 0.5")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the COCO results JSON here")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """AP/AR of the full pipeline on an annotated set (faster-coco-eval; CrowdPose easy/medium/hard)."""
+    from pose.api import PoseEstimator
+    from pose.evaluation import evaluate_keypoints, predict_dataset
+
+    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    results = predict_dataset(est, annotations, images, scales=scales, flip=flip)
+    if out is not None:
+        out.write_text(json.dumps(results))
+    kp = est.config.keypoints
+    stats = evaluate_keypoints(annotations, results, kp.dataset, kp.sigmas)
+    typer.echo("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
+
+
+@app.command()
 def info(model: ModelOpt) -> None:
     """Print a model's configuration summary and parameter counts."""
     from pose.config import load_model_config
