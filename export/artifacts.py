@@ -19,7 +19,7 @@ def describe_onnx(proto: onnx.ModelProto, relative_path: str, variant: str) -> O
     return OnnxArtifact(
         path=relative_path,
         variant=variant,
-        opset=opset,  # type: ignore[arg-type]
+        opset=opset,
         inputs={i.name: _shape(i) for i in proto.graph.input},
         outputs={o.name: _shape(o) for o in proto.graph.output},
     )

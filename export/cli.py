@@ -59,6 +59,7 @@ def verify(
     """Torch vs ONNX Runtime (and TensorRT): max/mean differences of raw outputs and OKS of final poses."""
     from export.onnx_runtime import OnnxRuntimeNetwork
     from export.verify import compare
+    from pose.pipeline import Network
     from pose.preprocess import image_to_tensor, plan_transform, resize_image
 
     est = _load(model, weights)
@@ -66,7 +67,7 @@ def verify(
     path = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "portable"), None)
     if path is None:
         raise typer.BadParameter("no portable ONNX recorded in the config; pass --onnx")
-    candidates = {"onnxruntime": OnnxRuntimeNetwork(path, cfg.keypoints.num_keypoints)}
+    candidates: dict[str, Network] = {"onnxruntime": OnnxRuntimeNetwork(path, cfg.keypoints.num_keypoints)}
     if engine is not None:
         from export.tensorrt_runtime import TensorRTNetwork
 

@@ -70,6 +70,8 @@ def export_onnx(
             verbose=False,
             **kwargs,
         )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
     program.optimize()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

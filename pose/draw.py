@@ -14,7 +14,8 @@ __all__ = ["draw_people", "encode_image"]
 
 
 def _palette(n: int) -> list[tuple[int, int, int]]:
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.8, 1.0)) for i in range(n)]
+    colors = (colorsys.hsv_to_rgb(i / max(n, 1), 0.8, 1.0) for i in range(n))
+    return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in colors]
 
 
 def draw_people(
@@ -30,8 +31,9 @@ def draw_people(
             for x, y, s in person.keypoints
         ]
         for a, b in skeleton:
-            if pts[a] is not None and pts[b] is not None:
-                cv2.line(canvas, pts[a], pts[b], color, thickness, cv2.LINE_AA)
+            pa, pb = pts[a], pts[b]
+            if pa is not None and pb is not None:
+                cv2.line(canvas, pa, pb, color, thickness, cv2.LINE_AA)
         for p in pts:
             if p is not None:
                 cv2.circle(canvas, p, thickness + 1, color, -1, cv2.LINE_AA)

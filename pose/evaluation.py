@@ -28,6 +28,8 @@ def evaluate_keypoints(
     """AP/AR of COCO-format keypoint results against ground truth, as a name -> value dict."""
     from faster_coco_eval import COCO, COCOeval_faster
 
+    names: tuple[str, ...]
+
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(annotations))
         if isinstance(results, list) and not results:

@@ -7,11 +7,12 @@ scale-1 input resolution and averaged, which is where grouping happens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from pose.models.hrnet import PoseOutput
 
@@ -55,7 +56,9 @@ def _shifted_flip(x: Tensor, shift: int) -> Tensor:
     return out
 
 
-def flip_test(model: nn.Module, x: Tensor, flip_index: list[int] | None, flip_shift: int = 3) -> ScaleOutput:
+def flip_test(
+    model: Callable[[Tensor], PoseOutput], x: Tensor, flip_index: list[int] | None, flip_shift: int = 3
+) -> ScaleOutput:
     """Forward ``x`` (B, 3, H, W), and its mirrored twin when ``flip_index`` is given, and average them.
 
     The flipped pass is un-mirrored: heatmap channels are permuted by ``flip_index`` (center kept last),

@@ -40,7 +40,8 @@ def fuse_scales(heatmaps: list[Tensor], base_size: tuple[int, int], map_sizes: l
     valid row is not the tensor's, so those rows are re-read from the image's own last valid pixel.
     """
     fused = []
-    for heat, sizes in zip(heatmaps, map_sizes or [None] * len(heatmaps), strict=True):
+    per_scale: list[Tensor | None] = list(map_sizes) if map_sizes is not None else [None] * len(heatmaps)
+    for heat, sizes in zip(heatmaps, per_scale, strict=True):
         up = up_interpolate(heat, base_size)
         if sizes is not None:
             b, c, hh, ww = up.shape

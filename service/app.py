@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.batcher.start()
         state.ready = True
-        log.info("ready: %s on %s (%s backend)", state.config.name, settings.device, settings.backend)
+        log.info("ready: %s on %s (%s backend)", settings.model, settings.device, settings.backend)
         try:
             yield
         finally:

@@ -50,7 +50,8 @@ class TorchBackend:
             out = self.model(x.half() if self.half else x)
         if not self.half:
             return out
-        return PoseOutput(*(t.float() if t is not None else None for t in out))
+        heat_2x = out.heatmaps_2x.float() if out.heatmaps_2x is not None else None
+        return PoseOutput(out.heatmaps.float(), out.offsets.float(), heat_2x)
 
 
 def _pick_adaptive_conv(choice: str, device: torch.device) -> str:
@@ -85,4 +86,6 @@ def create_backend(config: ModelConfig, settings: Settings) -> Backend:
     from export.tensorrt_runtime import TensorRTNetwork
 
     engine = settings.engine_path or config.resolve(f"{config.version}/model.plan")
+    if engine is None:
+        raise FileNotFoundError("no TensorRT engine; build one with pose-export tensorrt or set POSE_ENGINE_PATH")
     return TensorRTNetwork(engine, k, settings.device)

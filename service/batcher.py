@@ -90,8 +90,8 @@ class DynamicBatcher:
 
     async def _next(self, timeout: float | None) -> _Job | None:
         if self._carry is not None:
-            job, self._carry = self._carry, None
-            return job
+            carried, self._carry = self._carry, None
+            return carried
         job = await (self._queue.get() if timeout is None else asyncio.wait_for(self._queue.get(), timeout))
         self.metrics.queue_depth.set(self._queue.qsize())
         return job

@@ -7,7 +7,7 @@ import base64
 import binascii
 import secrets
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -45,7 +45,7 @@ from service.schemas import (
     Timings,
 )
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
         "description": text,
         "content": {"application/json": {"example": {"error": {"code": "...", "message": "..."}}}},

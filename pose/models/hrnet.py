@@ -119,8 +119,10 @@ class HighResolutionModule(nn.Module):
             for c_in, c, n in zip(in_channels, stage.channels, stage.num_blocks, strict=True)
         )
         self.out_channels = list(stage.channels)
+        # None entries (a branch onto itself) keep the authors' key indices; ModuleList accepts them.
         self.fuse_layers = nn.ModuleList(
-            nn.ModuleList(self._fuse(j, i) for j in range(self.num_branches)) for i in range(self.num_branches)
+            nn.ModuleList(self._fuse(j, i) for j in range(self.num_branches))  # type: ignore[misc]
+            for i in range(self.num_branches)
         )
         self.relu = nn.ReLU(inplace=True)
 
@@ -145,6 +147,7 @@ class HighResolutionModule(nn.Module):
         xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
         out = []
         for i, fuse in enumerate(self.fuse_layers):
+            assert isinstance(fuse, nn.ModuleList)
             y = xs[0] if i == 0 else fuse[0](xs[0])
             for j in range(1, self.num_branches):
                 y = y + (xs[j] if i == j else fuse[j](xs[j]))
@@ -173,7 +176,7 @@ def _make_transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
             out_c = c if k == i - len(prev) else prev[-1]
             steps.append(nn.Sequential(_conv3x3(prev[-1], out_c, 2), _bn(out_c), nn.ReLU(inplace=True)))
         layers.append(nn.Sequential(*steps))
-    return nn.ModuleList(layers)
+    return nn.ModuleList(layers)  # type: ignore[arg-type]  # None = no transition (authors key layout)
 
 
 def _make_stage(in_channels: list[int], stage: StageConfig) -> nn.Sequential:
