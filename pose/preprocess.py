@@ -90,9 +90,9 @@ def warp_batch(images: Tensor, matrices: Tensor, out_size: tuple[int, int], cfg:
     """Warp and normalize a batch on its own device (the service path; equals cv2 to ~1 grey level).
 
     Args:
-        images: Tensor[B, 3, Hi, Wi] uint8 or float in 0..255, RGB; smaller images padded at right/bottom
-            (padding is never sampled: the matrices only reach each image's own pixels or beyond its border,
-            which reads zero exactly as ``cv2.BORDER_CONSTANT`` does when ``valid`` sizes are given).
+        images: Tensor[B, 3, Hi, Wi] uint8 or float in 0..255, RGB; smaller images zero-padded at the
+            right/bottom. Samples past an image's border then read those zeros, which is what
+            ``cv2.BORDER_CONSTANT`` gives.
         matrices: Tensor[B, 2, 3] image -> input pixel matrices (``ImageTransform.matrix``).
         out_size: (width, height) of the network input shared by the batch.
 
