@@ -50,6 +50,43 @@ def synthetic_outputs(people: int, h: int, w: int, seed: int) -> tuple[np.ndarra
     return heat.astype(np.float32), kpts.astype(np.float32)
 
 
+def measure(
+    people: list[int], batches: list[int], size: int, device: str, repeat: int, loop_repeat: int = 1
+) -> list[dict]:
+    """Per-image grouping time, batched and with the loop decoder, for each people count and batch size."""
+    cfg = DecodeConfig()
+    reference._peak_values = _pool_peaks  # the authors pool with max_pool2d
+    rows = []
+    for n in people:
+        images = [synthetic_outputs(n, size, size, seed) for seed in range(max(batches))]
+        heat_np, kpts_np = images[0]
+        fused_np = fuse_scales([torch.from_numpy(heat_np)[None]], (4 * size, 4 * size))[0].numpy()
+
+        def run_loop(heat_np=heat_np, kpts_np=kpts_np, fused_np=fused_np) -> None:
+            reference.reference_group([heat_np], [kpts_np], fused_np, [1.0], cfg)
+
+        loop = time_call(run_loop, loop_repeat, warmup=0)
+        for batch in batches:
+            heat = torch.stack([torch.from_numpy(h) for h, _ in images[:batch]]).to(device)
+            kpts = torch.stack([torch.from_numpy(k) for _, k in images[:batch]]).to(device)
+            fused = fuse_scales([heat], (4 * size, 4 * size))
+
+            def run(heat=heat, kpts=kpts, fused=fused) -> None:
+                group_poses([heat], [kpts], fused, [1.0], cfg)
+
+            per_image = time_call(run, repeat, device=device)["median_ms"] / batch
+            rows.append(
+                {
+                    "people": n,
+                    "batch": batch,
+                    "batched_ms_per_image": per_image,
+                    "loop_ms_per_image": loop["median_ms"],
+                    "speedup": loop["median_ms"] / per_image,
+                }
+            )
+    return rows
+
+
 def main(
     people: Annotated[list[int], typer.Option(help="people per image")] = [1, 10, 30],  # noqa: B006
     batches: Annotated[list[int], typer.Option(help="batch sizes")] = [1, 8, 32],  # noqa: B006
@@ -59,42 +96,12 @@ def main(
     loop_repeat: int = 1,
     out: Annotated[Path | None, typer.Option(help="JSON report")] = None,
 ) -> None:
-    cfg = DecodeConfig()
-    reference._peak_values = _pool_peaks  # the authors pool with max_pool2d
-    rows = []
-    for n in people:
-        images = [synthetic_outputs(n, size, size, seed) for seed in range(max(batches))]
-        heat_np, kpts_np = images[0]
-        heat1 = torch.from_numpy(heat_np)[None]
-        fused_np = fuse_scales([heat1], (4 * size, 4 * size))[0].numpy()
-
-        def run_loop(heat_np=heat_np, kpts_np=kpts_np, fused_np=fused_np) -> None:
-            reference.reference_group([heat_np], [kpts_np], fused_np, [1.0], cfg)
-
-        loop = time_call(run_loop, loop_repeat)
-        for batch in batches:
-            heat = torch.stack([torch.from_numpy(h) for h, _ in images[:batch]]).to(device)
-            kpts = torch.stack([torch.from_numpy(k) for _, k in images[:batch]]).to(device)
-            fused = fuse_scales([heat], (4 * size, 4 * size))
-
-            def run(heat=heat, kpts=kpts, fused=fused) -> None:
-                group_poses([heat], [kpts], fused, [1.0], cfg)
-
-            timing = time_call(run, repeat, device=device)
-            per_image = timing["median_ms"] / batch
-            row = {
-                "people": n,
-                "batch": batch,
-                "batched_ms_per_image": per_image,
-                **timing,
-                "loop_ms_per_image": loop["median_ms"],
-                "speedup": loop["median_ms"] / per_image,
-            }
-            rows.append(row)
-            print(
-                f"{n:>2} people, batch {batch:>2}: {per_image:8.2f} ms/img batched, "
-                f"{loop['median_ms']:8.1f} ms/img loop, x{row['speedup']:.1f}"
-            )
+    rows = measure(people, batches, size, device, repeat, loop_repeat)
+    for r in rows:
+        print(
+            f"{r['people']:>2} people, batch {r['batch']:>2}: {r['batched_ms_per_image']:8.2f} ms/img batched, "
+            f"{r['loop_ms_per_image']:8.1f} ms/img loop, x{r['speedup']:.1f}"
+        )
     write_report(out, {"benchmark": "decode", "grid": [size, size], "env": environment(device), "rows": rows})
 
 

@@ -23,9 +23,9 @@ import typer
 
 import tests.reference_decoder as reference
 from bench.common import environment, time_call
-from bench.decode import _pool_peaks, synthetic_outputs
-from pose.config import DecodeConfig, load_model_config
-from pose.decode import group_poses
+from bench.decode import _pool_peaks
+from bench.decode import measure as decode_measure
+from pose.config import load_model_config
 from pose.models.hrnet import create_model
 from pose.ops.adaptive_conv import use_implementation
 from pose.pipeline import BatchPipeline
@@ -99,39 +99,6 @@ def network_rows(
                     "batch": batch,
                     "ms": t["median_ms"],
                     "images_per_s": 1000 * batch / t["median_ms"],
-                }
-            )
-    return rows
-
-
-def decode_rows(people: list[int], batches: list[int], grid: int, device: str, repeat: int) -> list[dict]:
-    """Batched grouping vs the per-image loop decoder, per image."""
-    cfg = DecodeConfig()
-    reference._peak_values = _pool_peaks
-    rows = []
-    for n in people:
-        images = [synthetic_outputs(n, grid, grid, seed) for seed in range(max(batches))]
-        h0 = torch.from_numpy(images[0][0])[None]
-        fused0 = fuse_scales([h0], (4 * grid, 4 * grid))[0].numpy()
-        first = images[0]
-
-        def loop_once(first=first, fused0=fused0) -> None:
-            reference.reference_group([first[0]], [first[1]], fused0, [1.0], cfg)
-
-        loop = time_call(loop_once, 1, warmup=0)
-        for batch in batches:
-            heat = torch.stack([torch.from_numpy(h) for h, _ in images[:batch]]).to(device)
-            kpts = torch.stack([torch.from_numpy(k) for _, k in images[:batch]]).to(device)
-            fused = fuse_scales([heat], (4 * grid, 4 * grid))
-            t = time_call(lambda h=heat, k=kpts, f=fused: group_poses([h], [k], f, [1.0], cfg), repeat, device=device)
-            per = t["median_ms"] / batch
-            rows.append(
-                {
-                    "people": n,
-                    "batch": batch,
-                    "batched_ms_per_image": per,
-                    "loop_ms_per_image": loop["median_ms"],
-                    "speedup": loop["median_ms"] / per,
                 }
             )
     return rows
@@ -254,7 +221,7 @@ def main(
     }
     sections = report["sections"]
     sections["network"] = network_rows(model, size, batches, device, 2 if quick else 5, full=not quick)
-    sections["postprocess"] = decode_rows(
+    sections["postprocess"] = decode_measure(
         [1, 10, 30], [1, 8] if quick else [1, 8, 32], 64 if quick else 128, device, 2 if quick else 5
     )
     have_shared = (SHARED / "parity/coco/ckpt.pth").is_file()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from pose.models.hrnet import PoseOutput
 
-__all__ = ["ScaleOutput", "flip_test", "fuse_heatmaps", "offsets_to_keypoints", "up_interpolate"]
+__all__ = ["ScaleOutput", "flip_test", "offsets_to_keypoints", "up_interpolate"]
 
 
 @dataclass
@@ -95,8 +95,3 @@ def _combine(out: PoseOutput, heat_2x: Tensor | None) -> tuple[Tensor, Tensor]:
     # Joint positions: coordinates doubled, 4x pixel i copied to 2x pixels 2i and 2i + 1.
     kpts = F.interpolate(kpts * (size[0] / kpts.shape[-2]), size=size, mode="nearest")
     return heat, kpts
-
-
-def fuse_heatmaps(heatmaps: list[Tensor], base_size: tuple[int, int]) -> Tensor:
-    """Mean over scales of each scale's heatmaps brought to the scale-1 input size (H, W)."""
-    return torch.stack([up_interpolate(h, base_size) for h in heatmaps]).mean(dim=0)
