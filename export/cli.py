@@ -27,6 +27,9 @@ def onnx(
     variant: Annotated[str, typer.Option(help="portable, plugin or both")] = "both",
     size: Annotated[str, typer.Option(help="example input HxW used for tracing")] = "512x512",
     out: Annotated[Path | None, typer.Option(help="output folder (default: <model>/<version>/)")] = None,
+    record: Annotated[
+        bool, typer.Option(help="record the graphs in the model's config.yaml (off for a read-only model repo)")
+    ] = True,
 ) -> None:
     """Export ONNX graphs and record them (opset, input/output shapes) in the model's config.yaml."""
     from export.artifacts import describe_onnx, record_onnx
@@ -39,7 +42,7 @@ def onnx(
     for v in variants:
         path = folder / ("model.onnx" if v == "portable" else "model_plugin.onnx")
         proto = export_onnx(est.model, path, v, (h, w))  # type: ignore[arg-type]
-        if model.is_dir():
+        if record and model.is_dir():
             record_onnx(
                 model,
                 describe_onnx(proto, str(path.relative_to(model)) if path.is_relative_to(model) else str(path), v),
@@ -97,6 +100,9 @@ def tensorrt(
     fp16: Annotated[bool, typer.Option(help="allow float16 kernels")] = True,
     max_batch: Annotated[int, typer.Option(help="largest batch of the optimization profiles")] = 32,
     out: Annotated[Path | None, typer.Option(help="engine file (default: <model>/<version>/model.plan)")] = None,
+    if_stale: Annotated[
+        bool, typer.Option(help="keep an existing engine built by this TensorRT, for this GPU, from this graph")
+    ] = False,
 ) -> None:
     """Build a TensorRT engine (+ .json metadata) for this GPU from the plugin ONNX graph."""
     try:
@@ -112,5 +118,17 @@ def tensorrt(
     if source is None:
         raise typer.BadParameter("no plugin ONNX recorded in the config; run pose-export onnx first or pass --onnx")
     engine = out or model / str(cfg.version) / "model.plan"
+    if if_stale:
+        import tensorrt as trt
+        import torch
+
+        from export.tensorrt_engine import stale_reason
+
+        major, minor = torch.cuda.get_device_capability()
+        reason = stale_reason(engine, source, trt.__version__, f"{major}.{minor}")
+        if reason is None:
+            typer.echo(f"{engine} is current; nothing to build")
+            return
+        typer.echo(f"building {engine}: {reason}")
     meta = build_engine(cfg, source, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
     typer.echo(f"{engine}: TensorRT {meta.tensorrt_version}, sm {meta.compute_capability}, {meta.precision}")

@@ -76,6 +76,32 @@ def metadata_path(engine: Path) -> Path:
     return engine.with_suffix(".json")
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stale_reason(engine: Path, onnx_path: Path, tensorrt_version: str, compute_capability: str) -> str | None:
+    """Why ``engine`` must be (re)built for this GPU and graph, or None when it can be reused.
+
+    This is the deployment's build policy: a container builds at start only what is missing or stale
+    (another TensorRT, another GPU architecture, another ONNX graph), so a warm engine cache costs nothing.
+    """
+    meta_file = metadata_path(engine)
+    if not engine.is_file() or not meta_file.is_file():
+        return f"no engine at {engine}"
+    try:
+        meta = EngineMetadata.model_validate(json.loads(meta_file.read_text()))
+    except ValueError as e:
+        return f"unreadable metadata {meta_file}: {e}"
+    try:
+        check_compatible(meta, tensorrt_version, compute_capability)
+    except EngineMismatchError as e:
+        return str(e)
+    if meta.onnx_sha256 != file_sha256(onnx_path):
+        return f"{onnx_path} changed since the engine was built"
+    return None
+
+
 def build_engine(
     config: ModelConfig,
     onnx_path: Path,
@@ -124,7 +150,7 @@ def build_engine(
         gpu=torch.cuda.get_device_name(),
         precision="fp16" if fp16 else "fp32",
         profiles=profiles,
-        onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        onnx_sha256=file_sha256(onnx_path),
         built_at=datetime.now(UTC).isoformat(),
     )
     metadata_path(engine_path).write_text(json.dumps(meta.model_dump(), indent=2))

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     flip: bool | None = Field(None, description="flip-test default (None: the model's)")
     scales: list[float] | None = Field(None, description="test scales default (None: the model's)")
     api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer")
+    api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
     warmup: bool = True
     drain_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for queued requests")
     host: str = "0.0.0.0"
@@ -51,4 +52,14 @@ class Settings(BaseSettings):
             raise ValueError("half precision needs a CUDA device")
         if self.scales is not None and 1.0 not in self.scales:
             raise ValueError(f"scales must include 1.0, got {self.scales}")
+        if self.api_key_file is not None:
+            if self.api_key is not None:
+                raise ValueError("set api_key or api_key_file, not both")
+            try:
+                key = self.api_key_file.read_text().strip()
+            except OSError as err:
+                raise ValueError(f"cannot read api_key_file {self.api_key_file}: {err.strerror}") from None
+            if not key:
+                raise ValueError(f"api_key_file {self.api_key_file} is empty")
+            self.api_key = key
         return self

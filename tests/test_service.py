@@ -9,6 +9,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -263,6 +264,19 @@ def test_api_key_is_required_when_configured() -> None:
         assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health/live").status_code == 200  # probes need no key
+
+
+def test_api_key_can_come_from_a_mounted_secret_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "api-key"
+    key_file.write_text("from-file\n")
+    with TestClient(create_app(settings(api_key_file=key_file, warmup=False))) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"x-api-key": "from-file"}).status_code == 200
+    with pytest.raises(ValueError, match="cannot read api_key_file"):
+        settings(api_key_file=tmp_path / "missing")
+    (tmp_path / "empty").write_text(" \n")
+    with pytest.raises(ValueError, match="is empty"):
+        settings(api_key_file=tmp_path / "empty")
 
 
 def test_openapi_documents_every_body_type(client: TestClient) -> None:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from export.tensorrt_engine import EngineMetadata, EngineMismatchError, Profile, check_compatible, profiles_for
+from export.tensorrt_engine import (
+    EngineMetadata,
+    EngineMismatchError,
+    Profile,
+    check_compatible,
+    file_sha256,
+    metadata_path,
+    profiles_for,
+    stale_reason,
+)
 from pose.config import load_model_config
 
 from .conftest import ROOT
@@ -43,6 +53,22 @@ def test_engine_from_another_gpu_or_tensorrt_is_refused_with_both_reasons() -> N
         check_compatible(meta(), "10.14.1", "9.0")
     with pytest.raises(EngineMismatchError, match=r"compute capability 9.0 \(NVIDIA H100\), this GPU is 8.0.*Rebuild"):
         check_compatible(meta(), "10.13.0", "8.0")
+
+
+def test_build_policy_rebuilds_only_missing_or_stale_engines(tmp_path: Path) -> None:
+    graph = tmp_path / "plugin.onnx"
+    graph.write_bytes(b"graph v1")
+    engine = tmp_path / "model.plan"
+    assert "no engine" in stale_reason(engine, graph, "10.13.0", "9.0")
+    engine.write_bytes(b"plan")
+    metadata_path(engine).write_text(json.dumps(meta(onnx_sha256=file_sha256(graph)).model_dump()))
+    assert stale_reason(engine, graph, "10.13.0", "9.0") is None
+    assert "this is TensorRT 10.14.1" in stale_reason(engine, graph, "10.14.1", "9.0")
+    assert "this GPU is 8.0" in stale_reason(engine, graph, "10.13.0", "8.0")
+    graph.write_bytes(b"graph v2")
+    assert "changed since the engine was built" in stale_reason(engine, graph, "10.13.0", "9.0")
+    metadata_path(engine).write_text("{not json")
+    assert "unreadable metadata" in stale_reason(engine, graph, "10.13.0", "9.0")
 
 
 @pytest.mark.gpu
