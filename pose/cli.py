@@ -138,5 +138,88 @@ def info(model: ModelOpt) -> None:
     )
 
 
+def _overrides(pairs: list[str] | None) -> dict:
+    """``key=value`` pairs, values parsed as YAML (``epochs=2``, ``milestones=[3,4]``)."""
+    import yaml
+
+    found = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        found[key.strip()] = yaml.safe_load(value)
+    return found
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="training run YAML (see pose.train.config.TrainConfig)")],
+    resume: Annotated[bool, typer.Option(help="continue from the run folder's last.pth")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    override: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set epochs=2")] = None,
+) -> None:
+    """Train a model; multi-GPU / multi-node: ``torchrun --nproc_per_node N -m pose train run.yaml``."""
+    import logging
+
+    from pose.train.config import load_train_config
+    from pose.train.loop import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_train_config(config, _overrides(override))
+    result = run_training(cfg, resume=resume, device=device)
+    final = result.metrics.get(max(result.metrics)) if result.metrics else None
+    summary = f"{result.output}: {result.epochs_run} epochs in {result.seconds:.0f} s, last loss {result.last_loss:.4g}"
+    typer.echo(summary + (f", AP {final['AP']:.4f} AR {final['AR']:.4f}" if final else ""))
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="output folder: images/ and annotations.json")],
+    images: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
+    seed: Annotated[int, typer.Option(help="same seed, same files")] = 0,
+    size: Annotated[int, typer.Option(min=32, help="square image side in pixels")] = 256,
+    min_people: Annotated[int, typer.Option(min=1, help="fewest people per image")] = 1,
+    max_people: Annotated[int, typer.Option(min=1, help="most people per image")] = 6,
+    min_height: Annotated[float, typer.Option(min=0.01, help="smallest standing height / image height")] = 0.25,
+    occluder_prob: Annotated[float, typer.Option(min=0, max=1, help="chance of occluding shapes per image")] = 0.35,
+) -> None:
+    """Write a synthetic COCO keypoint dataset of drawn figures, for CPU training runs and tests."""
+    from pose.data.synthetic import SceneConfig, write_dataset
+
+    if min_people > max_people:
+        raise typer.BadParameter(f"--min-people {min_people} is above --max-people {max_people}")
+    config = SceneConfig(
+        size=(size, size), people=(min_people, max_people), height=(min_height, 0.9), occluder_prob=occluder_prob
+    )
+    path = write_dataset(out_dir, images, seed, config, progress=images > 1)
+    typer.echo(f"{images} images -> {out_dir / 'images'}, annotations -> {path}")
+
+
+@app.command("train-rescore")
+def train_rescore(
+    model: ModelOpt,
+    annotations: Annotated[Path, typer.Option(help="training set: COCO keypoint JSON")],
+    images: Annotated[Path, typer.Option(help="training set: image folder")],
+    out: Annotated[Path, typer.Option(help="where to save the scoring net (e.g. <model>/1/rescore.pth)")],
+    weights: WeightsOpt = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train the pose scoring net on the OKS of the model's own detections (the paper's rescoring)."""
+    import torch
+
+    from pose.api import PoseEstimator
+    from pose.train.rescore import collect_rescore_data, train_scoring_net
+
+    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    features, oks = collect_rescore_data(est, annotations, images)
+    net, history = train_scoring_net(features, oks, epochs=epochs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out)
+    typer.echo(
+        f"{len(oks)} poses (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -55,6 +55,12 @@ class ArchitectureConfig(_Strict):
     heatmap_dilations: list[int] = [1, 2, 3]
     regression_head_channels: int = Field(ge=1)
     deconv_channels: int | None = None  # higher_hrnet only: the 2x heatmap head
+    # The stem is fixed by the authors (64 channels, 4 bottlenecks); small CPU models shrink it.
+    stem_channels: int = Field(64, ge=1)
+    stem_blocks: int = Field(4, ge=1)
+    # Ablation switches (paper Table 4); the released models use both.
+    heatmap_guidance: bool = True  # regression head sees the heatmaps concatenated with the features
+    adaptive_blocks: bool = True  # heads use adaptive convolutions; False: plain 3x3 convolutions
 
     @model_validator(mode="after")
     def _check(self) -> ArchitectureConfig:

@@ -21,7 +21,6 @@ from pose.ops.adaptive_conv import REGULAR_GRID, AdaptiveConv2d
 __all__ = ["AdaptiveBlock", "PoseHRNet", "PoseOutput", "create_model"]
 
 BN_MOMENTUM = 0.1
-STEM_CHANNELS = 64  # hard-coded by the authors for every width
 
 
 class PoseOutput(NamedTuple):
@@ -106,6 +105,24 @@ class AdaptiveBlock(nn.Module):
         out = self.relu(self.bn1(self.stn_conv1(x, self.transform_matrix_conv1(x))))
         out = self.bn2(self.stn_conv2(out, self.transform_matrix_conv2(x)))  # matrix from x, as the code
         return self.relu(out + x)
+
+
+class PlainBlock(nn.Module):
+    """The ablation's stand-in for :class:`AdaptiveBlock`: the same residual pair of 3x3 convolutions with
+    a fixed (dilated) sampling grid, i.e. the "without adaptive representation transformation" baseline.
+    """
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, dilation, dilation, bias=False)
+        self.bn1 = _bn(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, dilation, dilation, bias=False)
+        self.bn2 = _bn(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
 
 
 class HighResolutionModule(nn.Module):
@@ -205,14 +222,15 @@ class PoseHRNet(nn.Module):
         super().__init__()
         self.arch = arch
         self.num_keypoints = k = num_keypoints
-        self.conv1 = _conv3x3(3, STEM_CHANNELS, 2)
-        self.bn1 = _bn(STEM_CHANNELS)
-        self.conv2 = _conv3x3(STEM_CHANNELS, STEM_CHANNELS, 2)
-        self.bn2 = _bn(STEM_CHANNELS)
+        stem = arch.stem_channels
+        self.conv1 = _conv3x3(3, stem, 2)
+        self.bn1 = _bn(stem)
+        self.conv2 = _conv3x3(stem, stem, 2)
+        self.bn2 = _bn(stem)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = _make_layer(Bottleneck, STEM_CHANNELS, 64, 4)
+        self.layer1 = _make_layer(Bottleneck, stem, stem, arch.stem_blocks)
 
-        self.transition1 = _make_transition([64 * Bottleneck.expansion], arch.stage2.channels)
+        self.transition1 = _make_transition([stem * Bottleneck.expansion], arch.stage2.channels)
         self.stage2 = _make_stage(arch.stage2.channels, arch.stage2)
         self.transition2 = _make_transition(arch.stage2.channels, arch.stage3.channels)
         self.stage3 = _make_stage(arch.stage3.channels, arch.stage3)
@@ -222,12 +240,14 @@ class PoseHRNet(nn.Module):
         features = sum(arch.stage4.channels)  # 480 for W32, 720 for W48
         ch, cr = arch.heatmap_head_channels, arch.regression_head_channels
         self.transition_cls = _conv1x1_bn_relu(features, ch)
-        self.transition_reg = _conv1x1_bn_relu(features + k, cr)  # input: features, then mean heatmaps
+        guidance = k if arch.heatmap_guidance else 0
+        self.transition_reg = _conv1x1_bn_relu(features + guidance, cr)  # input: features, then mean heatmaps
+        head_block = AdaptiveBlock if arch.adaptive_blocks else PlainBlock
         self.multi_level_layers_4x_heatmap = nn.ModuleList(
-            nn.Sequential(AdaptiveBlock(ch, d)) for d in arch.heatmap_dilations
+            nn.Sequential(head_block(ch, d)) for d in arch.heatmap_dilations
         )
         self._share_heatmap_branch_weights()
-        self.multi_level_layers_4x_regression = nn.ModuleList([nn.Sequential(AdaptiveBlock(cr, 1))])
+        self.multi_level_layers_4x_regression = nn.ModuleList([nn.Sequential(head_block(cr, 1))])
         final = [nn.Conv2d(ch, k, 1), nn.Conv2d(cr, 2 * k + 1, 1)]
         if arch.type == "higher_hrnet":
             cd = arch.deconv_channels
@@ -281,7 +301,8 @@ class PoseHRNet(nn.Module):
             [final_heat(layer(cls)) for layer in self.multi_level_layers_4x_heatmap]
         )  # (3, B, K, H, W)
         heat_mean = branches.mean(dim=0)  # (B, K, H, W): the regression head's guidance in both variants
-        reg = self.transition_reg(torch.cat([features, heat_mean], dim=1))
+        guided = torch.cat([features, heat_mean], dim=1) if self.arch.heatmap_guidance else features
+        reg = self.transition_reg(guided)
         reg = self.final_layers[1](self.multi_level_layers_4x_regression[0](reg))  # (B, 2K + 1, H, W)
         center = reg[:, -1:]
         if self.arch.type == "hrnet":

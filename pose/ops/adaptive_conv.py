@@ -155,7 +155,10 @@ class AdaptiveConv2d(nn.Module):
             raise ValueError(f"dilation must be >= 1, got {dilation}")
         self.dilation = dilation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
-        bound = 1.0 / (in_channels * 9) ** 0.5  # the authors' DeformConv init, U(+-1/sqrt(9 C))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / (self.weight.shape[1] * 9) ** 0.5  # the authors' DeformConv init, U(+-1/sqrt(9 C))
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: Tensor, affine: Tensor) -> Tensor:

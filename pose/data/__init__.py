@@ -1,0 +1,1 @@
+"""Training data: COCO-format keypoint datasets, real or synthetic."""

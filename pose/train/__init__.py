@@ -1,0 +1,1 @@
+"""Training: the paper's recipe (targets, tradeoff loss, Adam + steps), single process or DDP via torchrun."""

@@ -1,0 +1,60 @@
+"""Training run configuration as data: one YAML file, paths relative to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["TrainConfig", "load_train_config"]
+
+PATH_KEYS = ("model", "train_annotations", "train_images", "val_annotations", "val_images", "output", "init_weights")
+
+
+class TrainConfig(BaseModel):
+    """Defaults are the authors' COCO W32 recipe (SPEC §5.4); small runs override epochs and batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path = Field(description="model config.yaml (architecture, input, keypoints)")
+    train_annotations: Path
+    train_images: Path
+    val_annotations: Path | None = None
+    val_images: Path | None = None
+    output: Path = Field(description="run folder: checkpoints, log.csv, metrics.json")
+
+    epochs: int = Field(140, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    milestones: list[int] = [90, 120]
+    gamma: float = 0.1
+    batch_size: int = Field(12, ge=1, description="images per process (per GPU)")
+    workers: int = Field(4, ge=0)
+    amp: bool = Field(True, description="float16 autocast + gradient scaling, CUDA only")
+    seed: int = 0
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap (small runs); None: the whole dataset")
+    log_every: int = Field(20, ge=1)
+    validate_every: int = Field(0, ge=0, description="epochs between AP evaluations (0: only at the end)")
+
+    bg_weight: float = Field(0.1, ge=0, description="tradeoff loss: weight of non-keypoint pixels (1: plain MSE)")
+    heatmap_factor: float = 1.0
+    offset_factor: float = 0.01
+    init_weights: Path | None = Field(None, description="pretrained backbone, matched by name and shape")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if (self.val_annotations is None) != (self.val_images is None):
+            raise ValueError("val_annotations and val_images go together")
+        if sorted(self.milestones) != self.milestones:
+            raise ValueError(f"milestones must increase, got {self.milestones}")
+        return self
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a YAML run config; relative paths are relative to the file; ``overrides`` win."""
+    path = Path(path)
+    raw = {**(yaml.safe_load(path.read_text()) or {}), **(overrides or {})}
+    for key in PATH_KEYS:
+        if raw.get(key) is not None and not Path(raw[key]).is_absolute():
+            raw[key] = str((path.parent / raw[key]).resolve())
+    return TrainConfig.model_validate(raw)

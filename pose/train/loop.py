@@ -1,0 +1,203 @@
+"""The training loop: Adam with step decay, AMP on CUDA, DDP under torchrun, checkpoints and resume.
+
+A run folder holds ``last.pth`` (everything needed to resume), ``model.pth`` (weights in the format
+``pose predict`` and the service load), ``log.csv`` (loss every ``log_every`` steps) and ``metrics.json``
+(validation AP/AR per evaluated epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from pose.checkpoint import save_checkpoint
+from pose.config import ModelConfig, load_model_config
+from pose.data.dataset import KeypointDataset
+from pose.loss import PoseLoss
+from pose.models.hrnet import create_model
+from pose.train import distributed
+from pose.train.config import TrainConfig
+from pose.train.init import init_weights, load_pretrained
+
+__all__ = ["TrainResult", "train", "evaluate_model"]
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ("epoch", "step", "global_step", "lr", "loss", "heatmap_loss", "offset_loss", "images_per_s")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    epochs_run: int
+    last_loss: float
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # epoch -> AP/AR
+    seconds: float = 0.0
+
+
+def evaluate_model(
+    model: nn.Module, model_cfg: ModelConfig, annotations: Path, images: Path, device: torch.device
+) -> dict[str, float]:
+    """AP/AR of the full inference pipeline (flip and scales from the model config, no rescoring net)."""
+    from pose.api import PoseEstimator
+    from pose.evaluation import evaluate_keypoints, predict_dataset
+
+    was_training = model.training
+    estimator = PoseEstimator(model_cfg, model, None, device)  # type: ignore[arg-type]
+    results = predict_dataset(estimator, annotations, images)
+    model.train(was_training)
+    return evaluate_keypoints(annotations, results, model_cfg.keypoints.dataset, model_cfg.keypoints.sigmas)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, resume: bool = False, device: str | None = None, progress: bool = True) -> TrainResult:
+    """Run (or resume) a training run; every process of a torchrun job calls this."""
+    ctx = distributed.setup(device)
+    try:
+        return _train(cfg, ctx, resume, progress)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progress: bool) -> TrainResult:
+    started = time.perf_counter()
+    model_cfg = load_model_config(cfg.model)
+    if model_cfg.architecture.type != "hrnet":
+        raise NotImplementedError("training covers the HRNet models; the HigherHRNet 2x head loss is not implemented")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = create_model(model_cfg)
+    init_weights(model)
+    if cfg.init_weights is not None:
+        load_pretrained(model, cfg.init_weights)
+    model.to(ctx.device)
+    net: nn.Module = model
+    if ctx.distributed:
+        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    dataset = KeypointDataset(
+        cfg.train_annotations, cfg.train_images, model_cfg, train=True, seed=cfg.seed, bg_weight=cfg.bg_weight
+    )
+    sampler: DistributedSampler[int] | None = (
+        DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if ctx.distributed else None
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=len(dataset) >= cfg.batch_size * ctx.world_size,
+        persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    criterion = PoseLoss(cfg.heatmap_factor, cfg.offset_factor)
+
+    out = cfg.output
+    last_path, log_path, metrics_path = out / "last.pth", out / "log.csv", out / "metrics.json"
+    start_epoch, global_step = 0, 0
+    metrics: dict[int, dict[str, float]] = {}
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location=ctx.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        metrics = {int(k): v for k, v in state.get("metrics", {}).items()}
+        if ctx.is_main:
+            log.info("resuming %s after epoch %d", out, state["epoch"])
+    elif resume and ctx.is_main:
+        log.info("nothing to resume in %s; starting fresh", out)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if start_epoch == 0:
+            log_path.write_text(",".join(LOG_FIELDS) + "\n")
+            (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+
+    steps = len(loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loader))
+    last_loss = math.nan
+    for epoch in range(start_epoch, cfg.epochs):
+        dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and ctx.is_main))
+        tick, seen = time.perf_counter(), 0
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+                pred = net(batch["image"])
+            total, heat, off = criterion(
+                pred.heatmaps.float(),
+                pred.offsets.float(),
+                batch["heatmaps"],
+                batch["heatmap_weight"],
+                batch["offsets"],
+                batch["offset_weight"],
+            )
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"loss is {total.item()} at epoch {epoch} step {step}; lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            seen += batch["image"].shape[0] * ctx.world_size
+            last_loss = float(total.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3e}", heat=f"{heat.item():.3e}", off=f"{off.item():.3e}")
+            if ctx.is_main and (global_step % cfg.log_every == 0 or step == steps - 1):
+                rate = seen / max(time.perf_counter() - tick, 1e-9)
+                row = [epoch, step, global_step, optimizer.param_groups[0]["lr"], last_loss, heat.item(), off.item()]
+                with log_path.open("a", newline="") as f:
+                    csv.writer(f).writerow([*row, round(rate, 2)])
+        bar.close()
+        scheduler.step()
+
+        evaluate = cfg.val_annotations is not None and (
+            epoch == cfg.epochs - 1 or (cfg.validate_every and (epoch + 1) % cfg.validate_every == 0)
+        )
+        if evaluate and ctx.is_main:
+            assert cfg.val_annotations is not None and cfg.val_images is not None
+            metrics[epoch] = evaluate_model(model, model_cfg, cfg.val_annotations, cfg.val_images, ctx.device)
+            log.info("epoch %d: AP %.4f AR %.4f", epoch + 1, metrics[epoch]["AP"], metrics[epoch]["AR"])
+            metrics_path.write_text(json.dumps({str(k): v for k, v in metrics.items()}, indent=2))
+        if ctx.is_main:
+            save_checkpoint(model, out / "model.pth", model_cfg.name, epoch=epoch, global_step=global_step)
+            _save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "metrics": {str(k): v for k, v in metrics.items()},
+                    "config": cfg.model_dump(mode="json"),
+                },
+                last_path,
+            )
+        ctx.barrier()
+    return TrainResult(out, cfg.epochs - start_epoch, last_loss, metrics, time.perf_counter() - started)
