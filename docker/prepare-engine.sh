@@ -1,18 +1,11 @@
 #!/bin/sh
-# Build the TensorRT engine for this GPU unless a current one is cached at POSE_ENGINE_PATH.
-# The plugin ONNX comes from the model's config.yaml (exported ahead of time, portable across GPUs), or is
-# exported into the cache once when the model repository has none.
+# Make sure the engine cache (POSE_ENGINE_CACHE) holds a current TensorRT engine for POSE_MODEL on this GPU;
+# build it only when missing or stale (see export/engine_cache.py). POSE_HALF=true builds with fp16 kernels.
 set -eu
 : "${POSE_MODEL:?set POSE_MODEL to a model_repo/<name> folder}"
-engine="${POSE_ENGINE_PATH:-/var/cache/pose/engines/model.plan}"
-cache="$(dirname "$engine")"
-mkdir -p "$cache"
-if grep -q "variant: plugin" "$POSE_MODEL/config.yaml" 2>/dev/null; then
-    set --
-else
-    if [ ! -f "$cache/model_plugin.onnx" ]; then
-        pose-export onnx --model "$POSE_MODEL" --variant plugin --out "$cache" --no-record
-    fi
-    set -- --onnx "$cache/model_plugin.onnx"
+precision="--no-fp16"
+if [ "${POSE_HALF:-false}" = "true" ]; then
+    precision="--fp16"
 fi
-exec pose-export tensorrt --model "$POSE_MODEL" --out "$engine" --max-batch "${POSE_MAX_BATCH_SIZE:-8}" --if-stale "$@"
+exec pose-export prepare-engine --model "$POSE_MODEL" --cache "${POSE_ENGINE_CACHE:-/var/cache/pose/engines}" \
+    --max-batch "${POSE_MAX_BATCH_SIZE:-8}" "$precision"

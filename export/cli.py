@@ -89,9 +89,6 @@ def verify(
         json_out.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
 
 
-if __name__ == "__main__":
-    app()
-
 
 @app.command()
 def tensorrt(
@@ -125,10 +122,53 @@ def tensorrt(
         from export.tensorrt_engine import stale_reason
 
         major, minor = torch.cuda.get_device_capability()
-        reason = stale_reason(engine, source, trt.__version__, f"{major}.{minor}")
+        reason = stale_reason(engine, source, trt.__version__, f"{major}.{minor}", max_batch, fp16)
         if reason is None:
             typer.echo(f"{engine} is current; nothing to build")
             return
         typer.echo(f"building {engine}: {reason}")
     meta = build_engine(cfg, source, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
     typer.echo(f"{engine}: TensorRT {meta.tensorrt_version}, sm {meta.compute_capability}, {meta.precision}")
+
+
+
+@app.command("prepare-engine")
+def prepare_engine_command(
+    model: ModelArg,
+    cache: Annotated[Path, typer.Option(help="engine cache folder (a volume shared by pods)")],
+    weights: WeightsOpt = None,
+    fp16: Annotated[bool, typer.Option(help="allow float16 kernels")] = True,
+    max_batch: Annotated[int, typer.Option(help="largest batch of the optimization profiles")] = 8,
+) -> None:
+    """Make sure the cache holds a current engine for this model and GPU (what a pod runs before serving)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
+        raise typer.Exit(2) from None
+    import torch
+
+    from export.engine_cache import prepare_engine
+    from export.onnx_export import export_onnx
+    from export.tensorrt_engine import build_engine
+    from pose.config import load_model_config
+
+    cfg = load_model_config(model)
+
+    def export_plugin(path: Path) -> None:
+        est = _load(model, weights)
+        size = cfg.input.size
+        export_onnx(est.model, path, "plugin", (size, size))
+
+    def build(graph: Path, engine: Path) -> None:
+        build_engine(cfg, graph, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
+
+    major, minor = torch.cuda.get_device_capability()
+    engine = prepare_engine(
+        cfg, cache, max_batch, fp16, (trt.__version__, f"{major}.{minor}"), export_plugin, build, weights, typer.echo
+    )
+    typer.echo(str(engine))
+
+
+if __name__ == "__main__":
+    app()

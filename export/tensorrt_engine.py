@@ -80,7 +80,14 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def stale_reason(engine: Path, onnx_path: Path, tensorrt_version: str, compute_capability: str) -> str | None:
+def stale_reason(
+    engine: Path,
+    onnx_path: Path,
+    tensorrt_version: str,
+    compute_capability: str,
+    max_batch: int | None = None,
+    fp16: bool | None = None,
+) -> str | None:
     """Why ``engine`` must be (re)built for this GPU and graph, or None when it can be reused.
 
     This is the deployment's build policy: a container builds at start only what is missing or stale
@@ -99,6 +106,10 @@ def stale_reason(engine: Path, onnx_path: Path, tensorrt_version: str, compute_c
         return str(e)
     if meta.onnx_sha256 != file_sha256(onnx_path):
         return f"{onnx_path} changed since the engine was built"
+    if max_batch is not None and meta.profiles and meta.profiles[0].max[0] != max_batch:
+        return f"the engine's largest batch is {meta.profiles[0].max[0]}, {max_batch} is asked for"
+    if fp16 is not None and meta.precision != ("fp16" if fp16 else "fp32"):
+        return f"the engine is {meta.precision}, {'fp16' if fp16 else 'fp32'} is asked for"
     return None
 
 
@@ -139,7 +150,12 @@ def build_engine(
     if plan is None:
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(plan))
+    # Metadata goes first and comes back last, and the plan is renamed into place: an interrupted build
+    # never leaves a truncated plan beside metadata that calls it current.
+    metadata_path(engine_path).unlink(missing_ok=True)
+    partial = engine_path.with_suffix(".partial")
+    partial.write_bytes(bytes(plan))
+    partial.replace(engine_path)
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(build.get_timing_cache().serialize()))
     major, minor = torch.cuda.get_device_capability()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pose.ops.adaptive_conv import REGULAR_GRID
 
-__all__ = ["CheckpointError", "load_state_dict_file", "load_weights", "save_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_payload", "load_state_dict_file", "load_weights", "save_checkpoint"]
 
 FORMAT = "hrnet-pose/1"
 _LIST_LIMIT = 8
@@ -110,8 +110,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+def checkpoint_payload(model: nn.Module, model_name: str, **extra: Any) -> dict[str, Any]:
+    """Our checkpoint format: the same keys as the authors', plus what produced them."""
+    return {"format": FORMAT, "model_name": model_name, "state_dict": model.state_dict(), **extra}
+
+
 def save_checkpoint(model: nn.Module, path: str | Path, model_name: str, **extra: Any) -> None:
-    """Save our checkpoint format: the same keys as the authors', plus what produced them."""
+    """Save :func:`checkpoint_payload` to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "model_name": model_name, "state_dict": model.state_dict(), **extra}, path)
+    torch.save(checkpoint_payload(model, model_name, **extra), path)

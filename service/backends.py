@@ -85,7 +85,14 @@ def create_backend(config: ModelConfig, settings: Settings) -> Backend:
         return OnnxRuntimeNetwork(path, k, settings.device, config.input.stride)
     from export.tensorrt_runtime import TensorRTNetwork
 
-    engine = settings.engine_path or config.resolve(f"{config.version}/model.plan")
+    engine = settings.engine_path
+    if engine is None and settings.engine_cache is not None:
+        from export.engine_cache import ENGINE_FILE, cache_entry
+
+        engine = cache_entry(config, settings.engine_cache, settings.weights) / ENGINE_FILE
+    engine = engine or config.resolve(f"{config.version}/model.plan")
     if engine is None:
-        raise FileNotFoundError("no TensorRT engine; build one with pose-export tensorrt or set POSE_ENGINE_PATH")
+        raise FileNotFoundError(
+            "no TensorRT engine; build one with pose-export tensorrt, or set POSE_ENGINE_PATH or POSE_ENGINE_CACHE"
+        )
     return TensorRTNetwork(engine, k, settings.device)

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
         None, description="ONNX graph for the onnx backend (default: the config's portable one)"
     )
     engine_path: Path | None = Field(None, description="TensorRT engine for the tensorrt backend")
+    engine_cache: Path | None = Field(
+        None, description="engine cache folder filled by pose-export prepare-engine (used when engine_path is unset)"
+    )
     device: str = "cpu"
     half: bool = Field(False, description="float16 network on CUDA")
     adaptive_conv: Literal["auto", "torch", "triton"] = Field(

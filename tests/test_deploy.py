@@ -119,7 +119,8 @@ def test_configmap_holds_only_settings_the_service_accepts(name: str, monkeypatc
     assert {k for k in env if k.startswith("POSE_")} - fields - {"POSE_ENGINE_BUILD"} == set()
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = Settings()  # parses every value the chart writes
+    settings = Settings()  # parses every value the chart writes (large integers included)
+    assert settings.max_body_bytes == VALUES[name].get("settings", {}).get("maxBodyBytes", 20 * 1024 * 1024)
     assert settings.backend == VALUES[name].get("settings", {}).get("backend", "torch")
     assert settings.max_batch_size == VALUES[name].get("settings", {}).get("maxBatchSize", 8)
 
@@ -177,10 +178,22 @@ def test_tensorrt_values_build_the_engine_in_an_init_container() -> None:
     assert (ROOT / "docker" / "prepare-engine.sh").is_file()
     env = _settings_map(objs)
     assert env["POSE_ENGINE_BUILD"] == "never" and env["POSE_BACKEND"] == "tensorrt"
-    assert env["POSE_ENGINE_PATH"].startswith("/var/cache/pose/")
+    assert env["POSE_ENGINE_CACHE"].startswith("/var/cache/pose/") and env["POSE_MAX_ASPECT_RATIO"] == "2"
     volumes = {v["name"]: v for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == "pose-engine-cache"
     assert "@sha256:" in container(objs)["image"]
+
+
+def test_engine_build_resources_keep_the_gpu() -> None:
+    values = {**VALUES["gpu-tensorrt"], "engineBuild": {"resources": {"limits": {"cpu": "8", "memory": "16Gi"}}}}
+    init = container(render.render(CHART, values), "engine-build")
+    assert init["resources"]["limits"] == {"cpu": "8", "memory": "16Gi", "nvidia.com/gpu": 1}
+
+
+def test_network_policy_lets_prometheus_in() -> None:
+    policy = one(objects("gpu-tensorrt"), "NetworkPolicy")
+    sources = [f["namespaceSelector"]["matchLabels"] for f in policy["spec"]["ingress"][0]["from"]]
+    assert {"kubernetes.io/metadata.name": "monitoring"} in sources
 
 
 def test_api_key_secret_is_a_file_the_service_reads() -> None:

@@ -67,6 +67,14 @@ def test_build_policy_rebuilds_only_missing_or_stale_engines(tmp_path: Path) -> 
     assert "this GPU is 8.0" in stale_reason(engine, graph, "10.13.0", "8.0")
     graph.write_bytes(b"graph v2")
     assert "changed since the engine was built" in stale_reason(engine, graph, "10.13.0", "9.0")
+    graph.write_bytes(b"graph v1")
+    profile = Profile(min=(1, 3, 512, 512), opt=(4, 3, 512, 704), max=(8, 3, 512, 1024))
+    metadata_path(engine).write_text(
+        json.dumps(meta(onnx_sha256=file_sha256(graph), profiles=[profile.model_dump()]).model_dump())
+    )
+    assert stale_reason(engine, graph, "10.13.0", "9.0", max_batch=8, fp16=True) is None
+    assert "largest batch is 8, 16 is asked for" in stale_reason(engine, graph, "10.13.0", "9.0", max_batch=16)
+    assert "the engine is fp16, fp32 is asked for" in stale_reason(engine, graph, "10.13.0", "9.0", fp16=False)
     metadata_path(engine).write_text("{not json")
     assert "unreadable metadata" in stale_reason(engine, graph, "10.13.0", "9.0")
 
@@ -90,3 +98,48 @@ def test_engine_from_the_plugin_onnx_matches_torch(tmp_path: Path) -> None:
     got = network(x.cuda())
     torch.testing.assert_close(got.heatmaps, want.heatmaps, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(got.offsets, want.offsets, atol=1e-3, rtol=1e-3)
+
+
+def test_engine_cache_builds_once_per_model_weights_and_gpu(tmp_path: Path) -> None:
+    from export.engine_cache import cache_entry, prepare_engine
+
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"weights v1")
+    cfg = load_model_config(ROOT / "model_repo" / "hrnet_w32_coco_512")
+    calls: list[str] = []
+
+    def export_plugin(path: Path) -> None:
+        calls.append("export")
+        path.write_bytes(b"graph")
+
+    def build(graph: Path, engine: Path, max_batch: int = 8) -> None:
+        calls.append("build")
+        engine.write_bytes(b"plan")
+        profile = Profile(min=(1, 3, 512, 512), opt=(4, 3, 512, 704), max=(max_batch, 3, 512, 1024))
+        meta_ = meta(onnx_sha256=file_sha256(graph), profiles=[profile.model_dump()])
+        metadata_path(engine).write_text(json.dumps(meta_.model_dump()))
+
+    def prepare(max_batch: int = 8, runtime: tuple[str, str] = ("10.13.0", "9.0")) -> Path:
+        return prepare_engine(
+            cfg,
+            tmp_path / "cache",
+            max_batch,
+            True,
+            runtime,
+            export_plugin,
+            lambda g, e: build(g, e, max_batch),
+            weights,
+            log=lambda _: None,
+        )
+
+    engine = prepare()
+    assert calls == ["export", "build"] and engine.parent == cache_entry(cfg, tmp_path / "cache", weights)
+    assert engine.parent.name.startswith("hrnet_w32_coco_512-v1-")
+    assert prepare() == engine and calls == ["export", "build"]  # warm cache: nothing to do
+    prepare(runtime=("10.13.0", "8.0"))  # another GPU type
+    prepare(max_batch=16)  # a larger batch than the engine's profiles
+    assert calls == ["export", "build", "build", "build"]
+    weights.write_bytes(b"weights v2")  # new weights: a new entry, never the old model's engine
+    assert prepare() != engine and calls[-2:] == ["export", "build"]
+    with pytest.raises(FileNotFoundError, match="the engine cache keys on them"):
+        cache_entry(cfg, tmp_path / "cache", tmp_path / "missing.pth")

@@ -162,6 +162,11 @@ class AdaptiveConv2d(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: Tensor, affine: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # Mixed-precision training: sampling positions in float16 would round away small learned
+            # deformations (1/16 px steps on a 128-160 px grid), so this op runs in float32.
+            with torch.autocast(x.device.type, enabled=False):
+                return adaptive_conv(x.float(), affine.float(), self.weight.float(), self.dilation)
         return adaptive_conv(x, affine, self.weight, self.dilation)
 
     def extra_repr(self) -> str:

@@ -51,10 +51,15 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read a YAML run config; relative paths are relative to the file; ``overrides`` win."""
+    """Read a YAML run config; ``overrides`` win. Relative paths in the file are relative to the file, those
+    in ``overrides`` (command-line ``--set``) to the working directory."""
     path = Path(path)
-    raw = {**(yaml.safe_load(path.read_text()) or {}), **(overrides or {})}
-    for key in PATH_KEYS:
-        if raw.get(key) is not None and not Path(raw[key]).is_absolute():
-            raw[key] = str((path.parent / raw[key]).resolve())
-    return TrainConfig.model_validate(raw)
+    raw = _resolve_paths(yaml.safe_load(path.read_text()) or {}, path.parent)
+    return TrainConfig.model_validate({**raw, **_resolve_paths(overrides or {}, Path.cwd())})
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    return {
+        k: str((base / v).resolve()) if k in PATH_KEYS and v is not None and not Path(v).is_absolute() else v
+        for k, v in raw.items()
+    }

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "setup", "teardown"]
+
+COLLECTIVE_TIMEOUT = timedelta(hours=3)
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,13 @@ def setup(device: str | None = None) -> DistContext:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
+        if world > 1 and dev.index is not None:
+            raise ValueError(f"under torchrun each process takes GPU LOCAL_RANK; pass --device cuda, not {device}")
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # Other ranks wait while rank 0 validates and saves; the 10-minute default would kill long validations.
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return DistContext(rank, world, dev)
 
 

@@ -11,17 +11,19 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from pose.checkpoint import save_checkpoint
+from pose.checkpoint import checkpoint_payload
 from pose.config import ModelConfig, load_model_config
 from pose.data.dataset import KeypointDataset
 from pose.loss import PoseLoss
@@ -60,9 +62,22 @@ def evaluate_model(
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write beside the target, flush to disk, then rename: a kill mid-save leaves the old file intact."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    with tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def _check_finite(loss: Tensor, ctx: distributed.DistContext, epoch: int, step: int) -> None:
+    """Stop every rank together on a non-finite loss (one rank raising alone would hang the others)."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if ctx.distributed:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} on some rank; lower the lr")
 
 
 def train(cfg: TrainConfig, resume: bool = False, device: str | None = None, progress: bool = True) -> TrainResult:
@@ -121,7 +136,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the run was saved without AMP
+            scaler.load_state_dict(state["scaler"])
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         metrics = {int(k): v for k, v in state.get("metrics", {}).items()}
         if ctx.is_main:
@@ -157,18 +173,18 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
                 batch["offsets"],
                 batch["offset_weight"],
             )
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"loss is {total.item()} at epoch {epoch} step {step}; lower the lr")
+            if not use_amp:  # with AMP the scaler skips non-finite steps itself
+                _check_finite(total, ctx, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimizer)
             scaler.update()
             global_step += 1
             seen += batch["image"].shape[0] * ctx.world_size
-            last_loss = float(total.detach())
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3e}", heat=f"{heat.item():.3e}", off=f"{off.item():.3e}")
-            if ctx.is_main and (global_step % cfg.log_every == 0 or step == steps - 1):
+            if ctx.is_main and (global_step % cfg.log_every == 0 or step == steps - 1):  # the only host syncs
+                last_loss = total.item()
+                bar.set_postfix(loss=f"{last_loss:.3e}", heat=f"{heat.item():.3e}", off=f"{off.item():.3e}")
                 rate = seen / max(time.perf_counter() - tick, 1e-9)
                 row = [epoch, step, global_step, optimizer.param_groups[0]["lr"], last_loss, heat.item(), off.item()]
                 with log_path.open("a", newline="") as f:
@@ -185,7 +201,9 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
             log.info("epoch %d: AP %.4f AR %.4f", epoch + 1, metrics[epoch]["AP"], metrics[epoch]["AR"])
             metrics_path.write_text(json.dumps({str(k): v for k, v in metrics.items()}, indent=2))
         if ctx.is_main:
-            save_checkpoint(model, out / "model.pth", model_cfg.name, epoch=epoch, global_step=global_step)
+            _save_atomic(
+                checkpoint_payload(model, model_cfg.name, epoch=epoch, global_step=global_step), out / "model.pth"
+            )
             _save_atomic(
                 {
                     "model": model.state_dict(),

@@ -46,8 +46,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* A container's resources (dict "res" ... "Values" ...) with the GPU limit added when gpu.enabled. */}}
 {{- define "pose.resources" -}}
-{{- $res := deepCopy .Values.resources }}
+{{- $res := deepCopy .res }}
 {{- if .Values.gpu.enabled }}
 {{- $limits := default dict $res.limits }}
 {{- $_ := set $limits .Values.gpu.resourceName .Values.gpu.count }}
