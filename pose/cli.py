@@ -10,11 +10,16 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
+from pose.config import DEFAULT_MODEL
+
 app = typer.Typer(help="Bottom-up multi-person pose estimation.", no_args_is_help=True, add_completion=False)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml")]
+DefaultModelOpt = Annotated[
+    Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml (default: the embedded one)")
+]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
 
@@ -41,7 +46,7 @@ def _image_id(path: Path, index: int) -> int:
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="images or folders")],
-    model: ModelOpt,
+    model: DefaultModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
     overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
@@ -101,7 +106,7 @@ def raw(
 def evaluate(
     annotations: Annotated[Path, typer.Argument(help="COCO or CrowdPose keypoint annotation JSON")],
     images: Annotated[Path, typer.Argument(help="folder of the annotated images")],
-    model: ModelOpt,
+    model: DefaultModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = None,
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
     scales: Annotated[
@@ -203,6 +208,7 @@ def train_rescore(
     out: Annotated[Path, typer.Option(help="where to save the scoring net (e.g. <model>/1/rescore.pth)")],
     weights: WeightsOpt = None,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
+    max_images: Annotated[int | None, typer.Option(min=1, help="use only the first N images")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train the pose scoring net on the OKS of the model's own detections (the paper's rescoring)."""
@@ -212,7 +218,7 @@ def train_rescore(
     from pose.train.rescore import collect_rescore_data, train_scoring_net
 
     est = PoseEstimator.from_config(model, weights=weights, device=device)
-    features, oks = collect_rescore_data(est, annotations, images)
+    features, oks = collect_rescore_data(est, annotations, images, max_images=max_images)
     net, history = train_scoring_net(features, oks, epochs=epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)

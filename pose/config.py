@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "DEFAULT_MODEL",
     "ArchitectureConfig",
     "DecodeConfig",
     "InputConfig",
@@ -24,6 +25,10 @@ __all__ = [
     "TestConfig",
     "load_model_config",
 ]
+
+
+# The embedded default: a small model trained on synthetic figures (model_repo/synthetic_w16_256/README).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "model_repo" / "synthetic_w16_256"
 
 
 class _Strict(BaseModel):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_coco_w8_256.yaml"
+from pose.config import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
     dataset = KeypointDataset(
         cfg.train_annotations, cfg.train_images, model_cfg, train=True, seed=cfg.seed, bg_weight=cfg.bg_weight
     )
+    shuffle = torch.Generator()  # reseeded every epoch, so a resumed run sees the same order
     sampler: DistributedSampler[int] | None = (
         DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if ctx.distributed else None
     )
@@ -119,7 +121,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         pin_memory=ctx.device.type == "cuda",
         drop_last=len(dataset) >= cfg.batch_size * ctx.world_size,
         persistent_workers=cfg.workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=shuffle,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
@@ -136,6 +138,11 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # The config wins: a resumed run may be extended or rescheduled, so the rate is the new schedule's.
+        scheduler.milestones = Counter(cfg.milestones)
+        drops = sum(1 for m in cfg.milestones if m <= scheduler.last_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * cfg.gamma**drops
         if state["scaler"]:  # empty when the run was saved without AMP
             scaler.load_state_dict(state["scaler"])
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
@@ -148,12 +155,17 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         out.mkdir(parents=True, exist_ok=True)
         if start_epoch == 0:
             log_path.write_text(",".join(LOG_FIELDS) + "\n")
+        elif log_path.is_file():  # drop rows of an epoch that was interrupted after the checkpoint
+            lines = log_path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines[1:] if int(line.split(",")[2]) <= global_step]
+            log_path.write_text("".join(lines[:1] + kept))
             (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
 
     steps = len(loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loader))
     last_loss = math.nan
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
+        shuffle.manual_seed(cfg.seed * 100_003 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         net.train()

@@ -51,8 +51,10 @@ def collect_rescore_data(
     flip: bool = True,
     max_detections: int = 20,
     progress: bool = True,
+    max_images: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Features (N, D) and OKS targets (N,) of the top ``max_detections`` poses of every image."""
+    """Features (N, D) and OKS targets (N,) of the top ``max_detections`` poses of every image (of the first
+    ``max_images`` images, when given)."""
     info = json.loads(Path(annotations).read_text())
     people: dict[int, list[dict]] = {}
     for ann in info["annotations"]:
@@ -62,7 +64,8 @@ def collect_rescore_data(
     sigmas = np.asarray(kp.sigmas)
     sticks = [tuple(s) for s in kp.score_sticks]
     features, targets = [], []
-    for entry in tqdm(info["images"], desc="rescore data", unit="img", disable=not progress):
+    entries = info["images"][:max_images]
+    for entry in tqdm(entries, desc="rescore data", unit="img", disable=not progress):
         image = estimator.read_image(Path(images) / entry["file_name"])
         poses = estimator.predict(image, flip=flip, rescore=False)
         order = torch.argsort(poses.grouping_scores, descending=True, stable=True)[:max_detections]
