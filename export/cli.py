@@ -90,6 +90,15 @@ def verify(
 
 
 
+def _require_tensorrt():  # noqa: ANN202 - the tensorrt module, which may not be importable here
+    try:
+        import tensorrt
+    except ImportError:
+        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
+        raise typer.Exit(2) from None
+    return tensorrt
+
+
 @app.command()
 def tensorrt(
     model: ModelArg,
@@ -97,16 +106,9 @@ def tensorrt(
     fp16: Annotated[bool, typer.Option(help="allow float16 kernels")] = True,
     max_batch: Annotated[int, typer.Option(help="largest batch of the optimization profiles")] = 32,
     out: Annotated[Path | None, typer.Option(help="engine file (default: <model>/<version>/model.plan)")] = None,
-    if_stale: Annotated[
-        bool, typer.Option(help="keep an existing engine built by this TensorRT, for this GPU, from this graph")
-    ] = False,
 ) -> None:
     """Build a TensorRT engine (+ .json metadata) for this GPU from the plugin ONNX graph."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
-        raise typer.Exit(2) from None
+    _require_tensorrt()
     from export.tensorrt_engine import build_engine
     from pose.config import load_model_config
 
@@ -115,21 +117,8 @@ def tensorrt(
     if source is None:
         raise typer.BadParameter("no plugin ONNX recorded in the config; run pose-export onnx first or pass --onnx")
     engine = out or model / str(cfg.version) / "model.plan"
-    if if_stale:
-        import tensorrt as trt
-        import torch
-
-        from export.tensorrt_engine import stale_reason
-
-        major, minor = torch.cuda.get_device_capability()
-        reason = stale_reason(engine, source, trt.__version__, f"{major}.{minor}", max_batch, fp16)
-        if reason is None:
-            typer.echo(f"{engine} is current; nothing to build")
-            return
-        typer.echo(f"building {engine}: {reason}")
     meta = build_engine(cfg, source, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
     typer.echo(f"{engine}: TensorRT {meta.tensorrt_version}, sm {meta.compute_capability}, {meta.precision}")
-
 
 
 @app.command("prepare-engine")
@@ -141,11 +130,7 @@ def prepare_engine_command(
     max_batch: Annotated[int, typer.Option(help="largest batch of the optimization profiles")] = 8,
 ) -> None:
     """Make sure the cache holds a current engine for this model and GPU (what a pod runs before serving)."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
-        raise typer.Exit(2) from None
+    trt = _require_tensorrt()
     import torch
 
     from export.engine_cache import prepare_engine
