@@ -7,6 +7,7 @@ that lists the missing, unexpected and mis-shaped keys, so a W48 file given to a
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from pose.ops.adaptive_conv import REGULAR_GRID
 
-__all__ = ["CheckpointError", "checkpoint_payload", "load_state_dict_file", "load_weights", "save_checkpoint"]
+__all__ = ["CheckpointError", "save_atomic", "load_state_dict_file", "load_weights", "save_checkpoint"]
 
 FORMAT = "hrnet-pose/1"
 _LIST_LIMIT = 8
@@ -110,13 +111,18 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def checkpoint_payload(model: nn.Module, model_name: str, **extra: Any) -> dict[str, Any]:
-    """Our checkpoint format: the same keys as the authors', plus what produced them."""
-    return {"format": FORMAT, "model_name": model_name, "state_dict": model.state_dict(), **extra}
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` beside the target, flushed to disk, then renamed: a kill mid-save leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, model_name: str, **extra: Any) -> None:
-    """Save :func:`checkpoint_payload` to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint_payload(model, model_name, **extra), path)
+    """Save our checkpoint format: the same keys as the authors', plus what produced them."""
+    save_atomic({"format": FORMAT, "model_name": model_name, "state_dict": model.state_dict(), **extra}, path)

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from pose.checkpoint import checkpoint_payload
+from pose.checkpoint import save_atomic, save_checkpoint
 from pose.config import ModelConfig, load_model_config
 from pose.data.dataset import KeypointDataset
 from pose.loss import PoseLoss
@@ -60,16 +59,6 @@ def evaluate_model(
     results = predict_dataset(estimator, annotations, images)
     model.train(was_training)
     return evaluate_keypoints(annotations, results, model_cfg.keypoints.dataset, model_cfg.keypoints.sigmas)
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    """Write beside the target, flush to disk, then rename: a kill mid-save leaves the old file intact."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def _check_finite(loss: Tensor, ctx: distributed.DistContext, epoch: int, step: int) -> None:
@@ -213,10 +202,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
             log.info("epoch %d: AP %.4f AR %.4f", epoch + 1, metrics[epoch]["AP"], metrics[epoch]["AR"])
             metrics_path.write_text(json.dumps({str(k): v for k, v in metrics.items()}, indent=2))
         if ctx.is_main:
-            _save_atomic(
-                checkpoint_payload(model, model_cfg.name, epoch=epoch, global_step=global_step), out / "model.pth"
-            )
-            _save_atomic(
+            save_checkpoint(model, out / "model.pth", model_cfg.name, epoch=epoch, global_step=global_step)
+            save_atomic(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
