@@ -43,7 +43,7 @@ def _mask_padding(x: Tensor, sizes: Tensor) -> Tensor:
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (rows < sizes[:, 0].view(-1, 1, 1)) & (cols < sizes[:, 1].view(-1, 1, 1))  # (B, h, w)
     inside = inside.view(x.shape[0], *([1] * (x.dim() - 3)), h, w)
-    return torch.where(inside, x, torch.full_like(x, _NEG))
+    return x.masked_fill(~inside, _NEG)
 
 
 def _window_max(x: Tensor, kernel: int) -> Tensor:
@@ -73,6 +73,37 @@ def _peaks(x: Tensor, kernel: int | Tensor) -> Tensor:
         keep = (_window_max(x, k) == x) & (kernel == k).view(-1, *([1] * (x.dim() - 1)))
         out = torch.where(keep, x, out)
     return out
+
+
+_CHUNK = 1 << 18  # elements per peak-finding chunk: about 1 MB of float32, so the passes stay in cache
+
+
+def _top_peaks(x: Tensor, kernel: int, count: int, sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``topk(count)`` of every map's NMS peaks (:func:`_peaks`), one cache-sized chunk of maps at a time.
+
+    Same values and indices as ``_peaks(x, kernel).flatten(2).topk(count, dim=2)`` (top-k runs row by row),
+    without materializing the batch-sized peak map: at input resolution the passes are memory-bound, and
+    a chunk of maps that fits in the CPU's cache makes them several times faster for large batches.
+
+    Args:
+        x: Tensor[B, C, H, W]; sizes: Tensor[B, 2] valid (H, W) per image, or None when unpadded.
+
+    Returns:
+        values and flat indices, Tensor[B, C, min(count, H * W)] each.
+    """
+    b, c, h, w = x.shape
+    maps = x.reshape(b * c, h, w)
+    map_sizes = None if sizes is None else sizes.repeat_interleave(c, 0)
+    step = max(1, _CHUNK // (h * w))
+    values, indices = [], []
+    for start in range(0, b * c, step):
+        chunk = maps[start : start + step]
+        if map_sizes is not None:
+            chunk = _mask_padding(chunk, map_sizes[start : start + step])
+        val, idx = _peaks(chunk, kernel).flatten(1).topk(min(count, h * w), dim=1)
+        values.append(val)
+        indices.append(idx)
+    return torch.cat(values).view(b, c, -1), torch.cat(indices).view(b, c, -1)
 
 
 def _center_candidates(
@@ -188,9 +219,7 @@ def _absorb(
     heat at row=int(x), col=int(y), clamped: the authors' swapped lookup, kept for parity.
     """
     b, k, h, w = fused.shape
-    heat = _mask_padding(fused, sizes) if padded else fused
-    peak = _peaks(heat, 5).flatten(2)  # (B, K, H*W)
-    val, idx = peak.topk(min(cfg.max_people, h * w), dim=2)  # (B, K, T)
+    val, idx = _top_peaks(fused, 5, cfg.max_people, sizes if padded else None)  # (B, K, T)
     val = val * (val > cfg.keypoint_threshold)
     cand = torch.stack(((idx % w).to(fused.dtype), (idx // w).to(fused.dtype)), -1)  # (B, K, T, 2)
     dist = torch.linalg.vector_norm(joints.unsqueeze(3) - cand.unsqueeze(1), dim=-1)  # (B, P, K, T)
@@ -248,28 +277,29 @@ def _refine(
     one = tuple(idx[first] for idx in sel)
     bi, ki = one[0], one[2]
     rows_s, cols_s, rlo_s, clo_s = rows[one], cols[one], r_lo[one], c_lo[one]
-    # Window values in row-major order, padded to 13 x 13 with a mask.
-    f = torch.arange(169, device=fused.device).view(1, -1)
-    inside = f < (rows_s * cols_s).view(-1, 1)
-    wr = f // cols_s.view(-1, 1) + rlo_s.view(-1, 1)
-    wc = f % cols_s.view(-1, 1) + clo_s.view(-1, 1)
+    # The authors' xdata pairs the window's row-major value f with the coordinates (a, b) =
+    # (f // rows, f % rows): right for square windows only. Every window is then a cols x rows grid of
+    # (a, b) samples, laid out here on a 13 x 13 one (zeros outside) for the fit.
+    a = torch.arange(13, device=fused.device).view(1, 13, 1)
+    bcoord = torch.arange(13, device=fused.device).view(1, 1, 13)
+    f = a * rows_s.view(-1, 1, 1) + bcoord  # (M, 13, 13) value index of each (a, b)
+    inside = (a < cols_s.view(-1, 1, 1)) & (bcoord < rows_s.view(-1, 1, 1))
+    wr = f // cols_s.view(-1, 1, 1) + rlo_s.view(-1, 1, 1)
+    wc = f % cols_s.view(-1, 1, 1) + clo_s.view(-1, 1, 1)
     flat = fused[:, :k].flatten(2)  # (B, K, H*W)
     lin = wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)
-    data = flat[bi.view(-1, 1), ki.view(-1, 1), lin]  # (M, 169)
-    # The authors' xdata pairs value f with (f // rows, f % rows): right for square windows only.
-    a = (f // rows_s.view(-1, 1)).to(torch.float64)
-    bcoord = (f % rows_s.view(-1, 1)).to(torch.float64)
+    data = torch.where(inside, flat[bi.view(-1, 1, 1), ki.view(-1, 1, 1), lin], 0.0)  # (M, 13, 13)
     rr, cc = r[one] % hb.view(-1)[bi], c[one] % wb.view(-1)[bi]  # negative indices wrap, as in torch
     start = torch.stack(
         [
             flat[bi, ki, rr * w + cc].double(),
             (r[one] - rlo_s).double(),
             (c[one] - clo_s).double(),
-            torch.full_like(a[:, 0], 2.0),
+            torch.full_like(rows_s, 2, dtype=torch.float64),
         ],
         dim=1,
     )
-    params, ok = fit_gaussians(a, bcoord, data.double(), inside, start)
+    params, ok = fit_gaussians(data.double(), torch.stack([cols_s, rows_s], 1), start)
     params, ok = params[inverse], ok[inverse]
     rlo_s, clo_s = r_lo[sel], c_lo[sel]
     amp, y0, x0 = params[:, 0], params[:, 1], params[:, 2]

@@ -24,10 +24,20 @@ DWARF = float(torch.finfo(torch.float64).tiny)
 FD_STEP = EPSMCH**0.5  # forward-difference step relative to |x_j|
 
 
-def _residuals(theta: Tensor, a: Tensor, b: Tensor, data: Tensor, mask: Tensor) -> Tensor:
+def _residuals(theta: Tensor, data: Tensor, valid_a: Tensor, valid_b: Tensor, grid: Tensor) -> Tensor:
+    """Model minus data over each fit's (Ga, Gb) sample grid, flattened; zero outside the real samples.
+
+    The Gaussian is separable, so the model is the outer product of two per-axis tables (the amplitude
+    and the validity folded in): two small exponentials per fit instead of one per sample, and two passes
+    over the grid. It differs from the joint exponential only by rounding.
+    """
     amp, y0, x0, sigma = (theta[:, i : i + 1] for i in range(4))
-    model = amp * torch.exp(-((b - x0) ** 2 + (a - y0) ** 2) / (2 * sigma**2))
-    return (model - data) * mask
+    scale = -0.5 / (sigma * sigma)
+    ga, gb = grid[:, : valid_a.shape[1]], grid[:, : valid_b.shape[1]]
+    dy, dx = ga - y0, gb - x0
+    ey = torch.where(valid_a, amp * torch.exp(dy * dy * scale), 0.0)  # (M, Ga)
+    ex = torch.where(valid_b, torch.exp(dx * dx * scale), 0.0)  # (M, Gb)
+    return (ey.unsqueeze(2) * ex.unsqueeze(1)).flatten(1) - data
 
 
 def _norm(x: Tensor) -> Tensor:
@@ -88,14 +98,13 @@ def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -
     return -x, par
 
 
-def fit_gaussians(
-    a: Tensor, b: Tensor, data: Tensor, mask: Tensor, start: Tensor, max_evals: int = 300
-) -> tuple[Tensor, Tensor]:
-    """Least-squares fit of ``A exp(-((b - x0)^2 + (a - y0)^2) / (2 sigma^2))`` to ``data``.
+def fit_gaussians(data: Tensor, extent: Tensor, start: Tensor, max_evals: int = 300) -> tuple[Tensor, Tensor]:
+    """Least-squares fit of ``A exp(-((b - x0)^2 + (a - y0)^2) / (2 sigma^2))`` to samples on integer grids.
 
     Args:
-        a, b: Tensor[M, L] float64 sample coordinates (row-like, column-like).
-        data: Tensor[M, L] float64 values; ``mask`` (bool, same shape) marks the real samples.
+        data: Tensor[M, Ga, Gb] float64; ``data[m, a, b]`` is the sample at ``(a, b)`` for
+            ``a < extent[m, 0]`` and ``b < extent[m, 1]``, and 0 elsewhere (ignored).
+        extent: Tensor[M, 2] int64 number of real sample rows and columns of each fit.
         start: Tensor[M, 4] initial ``(A, y0, x0, sigma)``.
         max_evals: function-evaluation budget per fit (``maxfev``).
 
@@ -107,9 +116,13 @@ def fit_gaussians(
     dev, dt = data.device, data.dtype
     out_x, out_ok = start.clone(), torch.zeros(m, dtype=torch.bool, device=dev)
     idx = torch.arange(m, device=dev)  # fits still in the working set
-    maskf = mask.to(dt)
+    ga, gb = data.shape[1:]
+    grid = torch.arange(max(ga, gb), dtype=dt, device=dev).view(1, -1)
+    valid_a = grid[:, :ga] < extent[:, :1]
+    valid_b = grid[:, :gb] < extent[:, 1:]
+    data = data.flatten(1)
     x = start.clone()
-    fvec = _residuals(x, a, b, data, maskf)
+    fvec = _residuals(x, data, valid_a, valid_b, grid)
     fnorm = _norm(fvec)
     st: dict[str, Tensor] = {
         "x": x,
@@ -126,11 +139,10 @@ def fit_gaussians(
         "xnorm": torch.zeros(m, dtype=dt, device=dev),
         "par": torch.zeros(m, dtype=dt, device=dev),
         "gnorm": torch.zeros(m, dtype=dt, device=dev),
-        "jac": torch.zeros(m, a.shape[1], n, dtype=dt, device=dev),
-        "a": a,
-        "b": b,
+        "jac": torch.zeros(m, n, data.shape[1], dtype=dt, device=dev),  # transposed: one row per parameter
         "data": data,
-        "maskf": maskf,
+        "valid_a": valid_a,
+        "valid_b": valid_b,
     }
     for step in range(max_evals):
         if step % 4 == 0:  # one host sync every few steps: stop early, shrink the working set
@@ -144,15 +156,15 @@ def fit_gaussians(
                 out_ok[idx[done]] = st["success"][done] & ~st["failed"][done]
                 idx = idx[active]
                 st = {key: value[active] for key, value in st.items()}
-        _lmdif_step(st, n, max_evals)
+        _lmdif_step(st, grid, n, max_evals)
     out_x[idx] = st["x"]
     out_ok[idx] = st["success"] & ~st["failed"]
     return out_x, out_ok & torch.isfinite(out_x).all(-1)
 
 
-def _lmdif_step(st: dict[str, Tensor], n: int, max_evals: int) -> None:
+def _lmdif_step(st: dict[str, Tensor], grid: Tensor, n: int, max_evals: int) -> None:
     """One ``lmdif`` inner iteration (preceded by the outer one where a new Jacobian is due), in place."""
-    a, b, data, maskf = st["a"], st["b"], st["data"], st["maskf"]
+    data, valid_a, valid_b = st["data"], st["valid_a"], st["valid_b"]
     x, fvec, fnorm = st["x"], st["fvec"], st["fnorm"]
     m = x.shape[0]
     active = ~st["success"] & ~st["failed"]
@@ -164,31 +176,31 @@ def _lmdif_step(st: dict[str, Tensor], n: int, max_evals: int) -> None:
         h = torch.where(h == 0, torch.full_like(h, FD_STEP), h)
         xp = x.clone()
         xp[:, j] = x[:, j] + h
-        cols.append((_residuals(xp, a, b, data, maskf) - fvec) / h.unsqueeze(-1))
-    jac = torch.where(outer.view(m, 1, 1), torch.stack(cols, -1), st["jac"])
+        cols.append((_residuals(xp, data, valid_a, valid_b, grid) - fvec) / h.unsqueeze(-1))
+    jac = torch.where(outer.view(m, 1, 1), torch.stack(cols, 1), st["jac"])  # (M, n, L)
     nfev = st["nfev"] + outer.long() * n
-    acnorm = _norm(jac.transpose(1, 2))  # (M, n)
+    acnorm = _norm(jac)  # (M, n)
     init = outer & st["first"]
     diag = torch.where(init.unsqueeze(-1), torch.where(acnorm == 0, torch.ones_like(acnorm), acnorm), st["diag"])
     xnorm = torch.where(init, _norm(diag * x), st["xnorm"])
     delta = torch.where(init, torch.where(xnorm == 0, torch.full_like(xnorm, FACTOR), FACTOR * xnorm), st["delta"])
-    jtf = (jac.transpose(1, 2) @ fvec.unsqueeze(-1)).squeeze(-1)
+    jtf = (jac * fvec.unsqueeze(1)).sum(-1)
     g = torch.where(acnorm > 0, (jtf / fnorm.clamp(min=DWARF).unsqueeze(-1)).abs() / acnorm.clamp(min=DWARF), 0.0)
     gnorm = torch.where(outer, torch.where(fnorm > 0, g.amax(-1), torch.zeros_like(fnorm)), st["gnorm"])
     success = st["success"] | (outer & (gnorm <= 0))  # gtol = 0: an exact stationary point
     diag = torch.where(outer.unsqueeze(-1), torch.maximum(diag, acnorm), diag)
     active = active & ~success
     # Inner iteration: trust-region step, trial evaluation, radius update, tests.
-    p, new_par = _lmpar(jac.transpose(1, 2) @ jac, jtf, diag, delta, st["par"])
+    p, new_par = _lmpar(jac @ jac.transpose(1, 2), jtf, diag, delta, st["par"])
     par = torch.where(active, new_par, st["par"])
     pnorm = _norm(diag * p)
     delta = torch.where(active & st["iter_one"], torch.minimum(delta, pnorm), delta)
     trial = x + p
-    f1 = _residuals(trial, a, b, data, maskf)
+    f1 = _residuals(trial, data, valid_a, valid_b, grid)
     fnorm1 = _norm(f1)
     nfev = nfev + active.long()
     actred = torch.where(0.1 * fnorm1 < fnorm, 1 - (fnorm1 / fnorm) ** 2, torch.full_like(fnorm, -1.0))
-    temp1 = _norm((jac @ p.unsqueeze(-1)).squeeze(-1)) / fnorm
+    temp1 = _norm((jac * p.unsqueeze(-1)).sum(1)) / fnorm
     temp2 = par.sqrt() * pnorm / fnorm
     prered = temp1**2 + temp2**2 / 0.5
     dirder = -(temp1**2 + temp2**2)
