@@ -70,11 +70,19 @@ def _signature(body: dict) -> tuple[int, int, int, np.ndarray]:
 
 
 def _same(a: tuple, b: tuple) -> bool:
-    """Same image and the same poses, allowing the few ill-conditioned Gaussian-fitted joints that batch
-    composition (float summation order) can move, as it does in the authors' pipeline."""
-    if a[:3] != b[:3] or a[3].shape != b[3].shape:
+    """Same image and, pose for pose, the same joints: at least 90% of the expected poses have a returned
+    pose whose median joint lies within 0.5 px. Batch composition changes the network's float summation
+    order, which moves the odd ill-conditioned Gaussian-fitted joint, and with it a near-zero pose score
+    across the response's score threshold, as in the authors' pipeline; a misrouted or corrupted answer
+    matches almost nothing."""
+    if a[:2] != b[:2] or abs(a[2] - b[2]) > max(1, a[2] // 10):
         return False
-    return a[3].size == 0 or float(np.mean(np.abs(a[3] - b[3]).max(-1) < 0.5)) >= 0.9
+    if a[2] == 0 or b[2] == 0:
+        return a[2] == b[2]
+    k = a[3].shape[0] // a[2]
+    pa, pb = a[3].reshape(a[2], k, 2), b[3].reshape(b[2], k, 2)
+    median = np.median(np.abs(pa[:, None] - pb[None]).max(-1), axis=-1)  # (Pa, Pb)
+    return float(np.mean(median.min(1) < 0.5)) >= 0.9
 
 
 async def _level(url: str, payloads: list[bytes], expected: list[tuple], concurrency: int, requests: int) -> dict:

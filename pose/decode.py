@@ -75,6 +75,28 @@ def _peaks(x: Tensor, kernel: int | Tensor) -> Tensor:
     return out
 
 
+def _sparse_top_peaks(x: Tensor, kernel: int, count: int) -> tuple[Tensor, Tensor] | None:
+    """``_peaks(x, kernel).flatten(1).topk(count)`` for one (1, H, W) map, by a top-k over its peaks alone.
+
+    Heatmap peaks are a few thousand of a map's pixels; gathering them and ranking those costs less than
+    zeroing the rest and ranking every pixel (CPU, memory-bound). Returns None when the chosen set would
+    depend on tie order (fewer than ``count`` peaks above zero, or a tie at the ``count``-th value): the
+    caller then runs the dense version. Otherwise the result is the dense one's, except that equal
+    values come in ascending pixel order, where ``torch.topk`` leaves their order unspecified.
+    """
+    peak = (_window_max(x, kernel) == x).view(-1).nonzero().squeeze(1)  # (S,) flat indices
+    if peak.numel() < count:
+        return None
+    value = x.view(-1)[peak]
+    top, pos = value.topk(min(count + 1, value.numel()))
+    if not bool(top[count - 1] > 0) or (top.numel() > count and bool(top[count] == top[count - 1])):
+        return None
+    # A unique set; equal values within it in ascending pixel order (torch.topk leaves their order open).
+    pos = pos[:count].sort().values
+    top, order = value[pos].sort(descending=True, stable=True)
+    return top.view(1, -1), peak[pos[order]].view(1, -1)
+
+
 _CHUNK = 1 << 18  # elements per peak-finding chunk: about 1 MB of float32, so the passes stay in cache
 
 
@@ -100,7 +122,10 @@ def _top_peaks(x: Tensor, kernel: int, count: int, sizes: Tensor | None = None) 
         chunk = maps[start : start + step]
         if map_sizes is not None:
             chunk = _mask_padding(chunk, map_sizes[start : start + step])
-        val, idx = _peaks(chunk, kernel).flatten(1).topk(min(count, h * w), dim=1)
+        sparse = None
+        if chunk.shape[0] == 1 and chunk.device.type == "cpu" and h * w > count:
+            sparse = _sparse_top_peaks(chunk, kernel, count)
+        val, idx = sparse or _peaks(chunk, kernel).flatten(1).topk(min(count, h * w), dim=1)
         values.append(val)
         indices.append(idx)
     return torch.cat(values).view(b, c, -1), torch.cat(indices).view(b, c, -1)

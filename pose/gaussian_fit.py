@@ -27,17 +27,19 @@ FD_STEP = EPSMCH**0.5  # forward-difference step relative to |x_j|
 def _residuals(theta: Tensor, data: Tensor, valid_a: Tensor, valid_b: Tensor, grid: Tensor) -> Tensor:
     """Model minus data over each fit's (Ga, Gb) sample grid, flattened; zero outside the real samples.
 
-    The Gaussian is separable, so the model is the outer product of two per-axis tables (the amplitude
-    and the validity folded in): two small exponentials per fit instead of one per sample, and two passes
-    over the grid. It differs from the joint exponential only by rounding.
+    ``theta`` is (M, 4), or (M, S, 4) for S parameter sets per fit (the Jacobian's columns), giving
+    (M, L) or (M, S, L). The Gaussian is separable, so the model is the outer product of two per-axis
+    tables (the amplitude and the validity folded in): two small exponentials per fit instead of one per
+    sample, and two passes over the grid. It differs from the joint exponential only by rounding.
     """
-    amp, y0, x0, sigma = (theta[:, i : i + 1] for i in range(4))
+    amp, y0, x0, sigma = (theta[..., i : i + 1] for i in range(4))
+    if theta.dim() == 3:
+        data, valid_a, valid_b = data.unsqueeze(1), valid_a.unsqueeze(1), valid_b.unsqueeze(1)
     scale = -0.5 / (sigma * sigma)
-    ga, gb = grid[:, : valid_a.shape[1]], grid[:, : valid_b.shape[1]]
-    dy, dx = ga - y0, gb - x0
-    ey = torch.where(valid_a, amp * torch.exp(dy * dy * scale), 0.0)  # (M, Ga)
-    ex = torch.where(valid_b, torch.exp(dx * dx * scale), 0.0)  # (M, Gb)
-    return (ey.unsqueeze(2) * ex.unsqueeze(1)).flatten(1) - data
+    dy, dx = grid[:, : valid_a.shape[-1]] - y0, grid[:, : valid_b.shape[-1]] - x0
+    ey = torch.where(valid_a, amp * torch.exp(dy * dy * scale), 0.0)  # (..., Ga)
+    ex = torch.where(valid_b, torch.exp(dx * dx * scale), 0.0)  # (..., Gb)
+    return (ey.unsqueeze(-1) * ex.unsqueeze(-2)).flatten(-2) - data
 
 
 def _norm(x: Tensor) -> Tensor:
@@ -98,6 +100,9 @@ def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -
     return -x, par
 
 
+FITS_PER_CHUNK = 1024  # CPU: bounds the working set (the Jacobian is 5 kB per fit) for large batches
+
+
 def fit_gaussians(data: Tensor, extent: Tensor, start: Tensor, max_evals: int = 300) -> tuple[Tensor, Tensor]:
     """Least-squares fit of ``A exp(-((b - x0)^2 + (a - y0)^2) / (2 sigma^2))`` to samples on integer grids.
 
@@ -112,6 +117,15 @@ def fit_gaussians(data: Tensor, extent: Tensor, start: Tensor, max_evals: int = 
         ``(params, ok)``: Tensor[M, 4] and Tensor[M] bool; ``ok`` is False where ``curve_fit`` would raise
         (budget exhausted, tolerances unreachable, non-finite values).
     """
+    step = FITS_PER_CHUNK if data.device.type == "cpu" else data.shape[0]
+    if data.shape[0] <= step:
+        return _fit(data, extent, start, max_evals)
+    chunks = [slice(i, i + step) for i in range(0, data.shape[0], step)]
+    parts = [_fit(data[c], extent[c], start[c], max_evals) for c in chunks]
+    return torch.cat([p for p, _ in parts]), torch.cat([ok for _, ok in parts])
+
+
+def _fit(data: Tensor, extent: Tensor, start: Tensor, max_evals: int) -> tuple[Tensor, Tensor]:
     m, n = start.shape
     dev, dt = data.device, data.dtype
     out_x, out_ok = start.clone(), torch.zeros(m, dtype=torch.bool, device=dev)
@@ -170,14 +184,12 @@ def _lmdif_step(st: dict[str, Tensor], grid: Tensor, n: int, max_evals: int) -> 
     active = ~st["success"] & ~st["failed"]
     # Outer iteration: forward-difference Jacobian, column norms, scaling, gradient test.
     outer = active & st["need_jac"]
-    cols = []
-    for j in range(n):
-        h = FD_STEP * x[:, j].abs()
-        h = torch.where(h == 0, torch.full_like(h, FD_STEP), h)
-        xp = x.clone()
-        xp[:, j] = x[:, j] + h
-        cols.append((_residuals(xp, data, valid_a, valid_b, grid) - fvec) / h.unsqueeze(-1))
-    jac = torch.where(outer.view(m, 1, 1), torch.stack(cols, 1), st["jac"])  # (M, n, L)
+    h = FD_STEP * x.abs()
+    h = torch.where(h == 0, FD_STEP, h)
+    xp = x.unsqueeze(1).repeat(1, n, 1)  # (M, n, n): row j is x with x_j + h_j
+    xp.diagonal(dim1=1, dim2=2).add_(h)
+    cols = (_residuals(xp, data, valid_a, valid_b, grid) - fvec.unsqueeze(1)) / h.unsqueeze(-1)
+    jac = torch.where(outer.view(m, 1, 1), cols, st["jac"])  # (M, n, L)
     nfev = st["nfev"] + outer.long() * n
     acnorm = _norm(jac)  # (M, n)
     init = outer & st["first"]

@@ -193,3 +193,58 @@ def test_images_of_different_sizes_in_one_batch_equal_one_at_a_time() -> None:
         np.testing.assert_allclose(fused[i, :, :hb, :wb].numpy(), single_fused, atol=1e-6)
         assert n == len(single)
         np.testing.assert_allclose(poses.keypoints[i, :n].numpy(), single, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [5, 7])
+def test_peak_top_k_by_peaks_alone_equals_the_dense_top_k(kernel: int) -> None:
+    """The CPU shortcut ranks only the NMS peaks. It declines exactly when the dense top-k's set depends on
+    tie order (fewer than 30 peaks above zero, or a tie at the cut); otherwise values equal the dense
+    top-k's and indices name the same pixels, equal values in ascending pixel order."""
+    from pose.decode import _peaks, _sparse_top_peaks
+
+    rng = np.random.default_rng(kernel)
+    answered = declined = 0
+    for trial in range(24):
+        h, w = [(512, 512), (400, 640), (300, 301)][trial % 3]
+        grid = rng.random((1, 1, h // 4, w // 4)) * 0.01
+        if trial % 4 == 0:  # negative: fewer than 30 positive peaks, so zeros tie at the cut
+            grid = rng.normal(-1.0, 0.1, (1, 1, h // 4, w // 4))
+        heat = fuse_scales([torch.from_numpy(grid).float()], (h, w))[0]  # smooth, with replicated borders
+        dense = _peaks(heat, kernel).flatten(1).topk(31, dim=1)
+        decidable = bool(dense.values[0, 29] > 0) and bool(dense.values[0, 29] != dense.values[0, 30])
+        sparse = _sparse_top_peaks(heat, kernel, 30)
+        assert (sparse is not None) == decidable, trial
+        if sparse is None:
+            declined += 1
+            continue
+        answered += 1
+        values, indices = sparse
+        assert torch.equal(values[0], dense.values[0, :30])
+        assert sorted(indices[0].tolist()) == sorted(dense.indices[0, :30].tolist())
+        for v in values[0].unique():  # within a value, ascending pixels
+            same = indices[0][values[0] == v]
+            assert torch.equal(same, same.sort().values)
+    assert answered >= 12 and declined >= 6
+
+
+def test_chunked_gaussian_fits_equal_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pose.gaussian_fit as gaussian_fit
+
+    rng = np.random.default_rng(0)
+    m = 40
+    a, b = np.mgrid[0:13, 0:13]
+    centers = rng.uniform(4, 8, (m, 2))
+    data = 0.8 * np.exp(-((a - centers[:, :1, None]) ** 2 + (b - centers[:, 1:, None]) ** 2) / 8.0)
+    data += rng.normal(0, 0.01, data.shape)
+    extent = torch.from_numpy(rng.integers(7, 14, (m, 2)))
+    inside = (torch.arange(13).view(1, 13, 1) < extent[:, :1, None]) & (
+        torch.arange(13).view(1, 1, 13) < extent[:, 1:, None]
+    )
+    data = torch.where(inside, torch.from_numpy(data), 0.0)
+    start = torch.tensor([[0.7, 6.0, 6.0, 2.0]], dtype=torch.float64).repeat(m, 1)
+    whole, ok_whole = gaussian_fit.fit_gaussians(data, extent, start)
+    monkeypatch.setattr(gaussian_fit, "FITS_PER_CHUNK", 7)
+    chunked, ok_chunked = gaussian_fit.fit_gaussians(data, extent, start)
+    assert ok_whole.sum() > m // 2
+    assert torch.equal(ok_whole, ok_chunked)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-9)
