@@ -273,7 +273,7 @@ def test_center_divides_the_full_sum_by_the_labeled_count() -> None:
     # Authors: np.sum(joints[:-1, :2]) / num_labeled, so stored coordinates of v = 0 joints count too.
     ann = person(4, {0: (10.0, 20.0, 2), 1: (30.0, 40.0, 1)}, [0.0, 0.0, 50.0, 50.0])
     ann["keypoints"][6:9] = [6.0, 3.0, 0]  # joint 2: coordinates stored but unlabeled
-    joints, areas = person_joints([ann], 4, small_person_test=True)
+    joints, areas = person_joints([ann], 4, min_center_area=32.0**2)
     np.testing.assert_allclose(joints[0, 4], [(10 + 30 + 6) / 2, (20 + 40 + 3) / 2, 1])
     assert areas[0] == 2500
 
@@ -290,6 +290,10 @@ def test_small_coco_person_has_no_center_and_no_offsets(tmp_path: Path) -> None:
     ann_path, folder = write_dataset(tmp_path / "crowdpose", [noise_image(S, S)], [[small14]])
     sample = KeypointDataset(ann_path, folder, make_config("crowdpose"), train=False)[0]
     assert sample["heatmaps"][14].max() > 0.9 and sample["offset_weight"].max() > 0  # no area test
+
+    ann_path, folder = write_dataset(tmp_path / "coco_all", [noise_image(S, S)], [[small]])
+    sample = KeypointDataset(ann_path, folder, make_config(), train=False, min_center_area=0)[0]
+    assert sample["heatmaps"][17].max() > 0.9 and sample["offset_weight"].max() > 0  # the rule switched off
 
 
 def test_same_seed_epoch_index_reproduce_and_a_new_epoch_changes_the_draw(tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ def test_run_config_resolves_paths_relative_to_its_file_and_takes_overrides(tmp_
     cfg = load_train_config(path, {"epochs": 3})
     assert cfg.model == tmp_path / "cfg" / "m.yaml" and cfg.train_annotations == tmp_path / "a.json"
     assert cfg.epochs == 3 and cfg.lr == 1e-3 and cfg.milestones == [90, 120] and cfg.bg_weight == 0.1
+    assert cfg.min_center_area is None  # the dataset flavour's rule
+    assert load_train_config(path, {"min_center_area": 0}).min_center_area == 0
     with pytest.raises(ValueError, match="go together"):
         load_train_config(path, {"val_annotations": "v.json"})
 

@@ -29,7 +29,7 @@ from pose.targets import heatmap_targets, offset_targets
 
 __all__ = ["KeypointDataset", "RawSample", "keep_person", "loss_mask", "person_joints"]
 
-SMALL_PERSON_AREA = 32**2  # COCO people with a smaller segmentation area get no center
+SMALL_PERSON_AREA = 32.0**2  # authors' COCO rule: people with a smaller segmentation area get no center
 MIN_AREA = 1.0  # input px^2; a degenerate (zero-area) bbox would otherwise give an infinite offset weight
 
 
@@ -84,15 +84,16 @@ def loss_mask(anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray
 
 
 def person_joints(
-    anns: list[dict[str, Any]], num_keypoints: int, small_person_test: bool
+    anns: list[dict[str, Any]], num_keypoints: int, min_center_area: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Joints with the center appended, and bbox areas, for the kept people.
 
     The center is ``sum of all K stored (x, y) / number of labeled joints (v > 0)``: unlabeled joints
     enter the sum with their stored coordinates (zeros in COCO and CrowdPose), exactly as the authors'
     ``np.sum(joints[i, :-1, :2], axis=0) / num_vis_joints``. With no labeled joint it is the bbox
-    center. Its visibility is 1, or 0 for COCO people whose segmentation ``area`` is below 32^2
-    (``small_person_test``; CrowdPose skips the test).
+    center. Its visibility is 1, or 0 for people whose segmentation ``area`` (image px^2) is below
+    ``min_center_area``: the authors use 32^2 for COCO, whose tiny people are unreliably labelled, and
+    skip the test (0) for CrowdPose.
 
     Returns:
         joints (N, K + 1, 3) float64 and areas (N,) float64 = bbox w * h in image px^2.
@@ -108,7 +109,7 @@ def person_joints(
         joints[i, :num_keypoints] = kpts.reshape(num_keypoints, 3)
         x, y, w, h = (float(v) for v in ann["bbox"])
         areas[i] = w * h
-        if small_person_test and ann.get("area", w * h) < SMALL_PERSON_AREA:
+        if ann.get("area", w * h) < min_center_area:
             continue  # center stays (0, 0, 0)
         labeled = int((joints[i, :num_keypoints, 2] > 0).sum())
         if labeled > 0:
@@ -133,6 +134,9 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         seed: augmentation seed; samples are then a function of (seed, epoch, index). None: fresh entropy.
         sigma, center_sigma, bg_weight, radius: target settings (SPEC §5.2).
         ranges: augmentation ranges, the authors' by default.
+        min_center_area: people with a smaller segmentation area (image px^2) get no center; None: the
+            authors' rule for the flavour (32^2 for COCO, none for CrowdPose). Exactly labelled data with
+            small people (synthetic scenes) should use 0, or its small people are never detected.
 
     Each item is a dict of tensors:
         ``image`` Tensor[3, S, S] float32, RGB normalized with the config's mean/std;
@@ -163,6 +167,7 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         bg_weight: float = 0.1,
         radius: int = 4,
         ranges: AugmentRanges | None = None,
+        min_center_area: float | None = None,
     ) -> None:
         if seed is not None and seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
@@ -179,6 +184,8 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         self.input_size = config.input.size
         self.output_size = config.input.size // config.input.stride
         self.is_coco = config.keypoints.dataset == "coco"
+        default_area = SMALL_PERSON_AREA if self.is_coco else 0.0
+        self.min_center_area = default_area if min_center_area is None else min_center_area
         self.flip_index = with_center(config.keypoints.flip_index)
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -232,7 +239,7 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
             raise ValueError(f"image {path} is {w}x{h} but {self.annotations} says {json_w}x{json_h}")
         mask = loss_mask(anns, h, w) if self.is_coco else np.ones((h, w), np.float32)
         people = [ann for ann in anns if keep_person(ann)]
-        joints, areas = person_joints(people, self.num_keypoints, small_person_test=self.is_coco)
+        joints, areas = person_joints(people, self.num_keypoints, self.min_center_area)
         return RawSample(image, mask, joints, areas)
 
     def params(self, index: int, width: int, height: int) -> AffineParams:

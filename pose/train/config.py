@@ -37,6 +37,9 @@ class TrainConfig(BaseModel):
     validate_every: int = Field(0, ge=0, description="epochs between AP evaluations (0: only at the end)")
 
     bg_weight: float = Field(0.1, ge=0, description="tradeoff loss: weight of non-keypoint pixels (1: plain MSE)")
+    min_center_area: float | None = Field(
+        None, ge=0, description="no center for people with a smaller area (image px^2); None: 32^2 COCO, 0 CrowdPose"
+    )
     heatmap_factor: float = 1.0
     offset_factor: float = 0.01
     init_weights: Path | None = Field(None, description="pretrained backbone, matched by name and shape")

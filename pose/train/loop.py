@@ -95,7 +95,13 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     dataset = KeypointDataset(
-        cfg.train_annotations, cfg.train_images, model_cfg, train=True, seed=cfg.seed, bg_weight=cfg.bg_weight
+        cfg.train_annotations,
+        cfg.train_images,
+        model_cfg,
+        train=True,
+        seed=cfg.seed,
+        bg_weight=cfg.bg_weight,
+        min_center_area=cfg.min_center_area,
     )
     shuffle = torch.Generator()  # reseeded every epoch, so a resumed run sees the same order
     sampler: DistributedSampler[int] | None = (
