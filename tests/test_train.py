@@ -5,6 +5,7 @@ CI-sized run on synthetic figures that must lower the loss and find people on he
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -163,6 +164,7 @@ def test_six_hundred_steps_lower_the_loss_and_find_people(tmp_path: Path, synthe
     assert np.mean(history[-32:]) < 0.9 * np.mean(history[:32])
     assert result.metrics[39]["AP"] > 0.0  # the evaluator sees real detections on held-out images
     assert (result.output / "model.pth").is_file() and (result.output / "metrics.json").is_file()
+    assert json.loads((result.output / "train_config.json").read_text())["epochs"] == 40
     from pose.api import PoseEstimator
 
     est = PoseEstimator.from_config(TINY, weights=result.output / "model.pth")

@@ -154,7 +154,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
             lines = log_path.read_text().splitlines(keepends=True)
             kept = [line for line in lines[1:] if int(line.split(",")[2]) <= global_step]
             log_path.write_text("".join(lines[:1] + kept))
-            (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+        (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))  # the config of the latest start
 
     steps = len(loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loader))
     last_loss = math.nan
