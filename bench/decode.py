@@ -92,8 +92,8 @@ def main(
     batches: Annotated[list[int], typer.Option(help="batch sizes")] = [1, 8, 32],  # noqa: B006
     size: Annotated[int, typer.Option(help="output grid side (128 = 512 input)")] = 128,
     device: str = "cpu",
-    repeat: int = 3,
-    loop_repeat: int = 1,
+    repeat: Annotated[int, typer.Option(help="timed runs of the batched decoder (median)")] = 7,
+    loop_repeat: Annotated[int, typer.Option(help="timed runs of the loop decoder (median)")] = 3,
     out: Annotated[Path | None, typer.Option(help="JSON report")] = None,
 ) -> None:
     rows = measure(people, batches, size, device, repeat, loop_repeat)

@@ -75,8 +75,8 @@ def _peaks(x: Tensor, kernel: int | Tensor) -> Tensor:
     return out
 
 
-def _sparse_top_peaks(x: Tensor, kernel: int, count: int) -> tuple[Tensor, Tensor] | None:
-    """``_peaks(x, kernel).flatten(1).topk(count)`` for one (1, H, W) map, by a top-k over its peaks alone.
+def _sparse_top_peaks(x: Tensor, is_peak: Tensor, count: int) -> tuple[Tensor, Tensor] | None:
+    """``(x * is_peak).flatten(1).topk(count)`` for one (1, H, W) map and its NMS peaks, ranking the peaks alone.
 
     Heatmap peaks are a few thousand of a map's pixels; gathering them and ranking those costs less than
     zeroing the rest and ranking every pixel (CPU, memory-bound). Returns None when the chosen set would
@@ -84,7 +84,7 @@ def _sparse_top_peaks(x: Tensor, kernel: int, count: int) -> tuple[Tensor, Tenso
     caller then runs the dense version. Otherwise the result is the dense one's, except that equal
     values come in ascending pixel order, where ``torch.topk`` leaves their order unspecified.
     """
-    peak = (_window_max(x, kernel) == x).view(-1).nonzero().squeeze(1)  # (S,) flat indices
+    peak = is_peak.view(-1).nonzero().squeeze(1)  # (S,) flat indices
     if peak.numel() < count:
         return None
     value = x.view(-1)[peak]
@@ -122,10 +122,11 @@ def _top_peaks(x: Tensor, kernel: int, count: int, sizes: Tensor | None = None) 
         chunk = maps[start : start + step]
         if map_sizes is not None:
             chunk = _mask_padding(chunk, map_sizes[start : start + step])
+        is_peak = _window_max(chunk, kernel) == chunk  # as _peaks
         sparse = None
         if chunk.shape[0] == 1 and chunk.device.type == "cpu" and h * w > count:
-            sparse = _sparse_top_peaks(chunk, kernel, count)
-        val, idx = sparse or _peaks(chunk, kernel).flatten(1).topk(min(count, h * w), dim=1)
+            sparse = _sparse_top_peaks(chunk, is_peak, count)
+        val, idx = sparse or (chunk * is_peak).flatten(1).topk(min(count, h * w), dim=1)
         values.append(val)
         indices.append(idx)
     return torch.cat(values).view(b, c, -1), torch.cat(indices).view(b, c, -1)

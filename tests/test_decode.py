@@ -200,7 +200,7 @@ def test_peak_top_k_by_peaks_alone_equals_the_dense_top_k(kernel: int) -> None:
     """The CPU shortcut ranks only the NMS peaks. It declines exactly when the dense top-k's set depends on
     tie order (fewer than 30 peaks above zero, or a tie at the cut); otherwise values equal the dense
     top-k's and indices name the same pixels, equal values in ascending pixel order."""
-    from pose.decode import _peaks, _sparse_top_peaks
+    from pose.decode import _peaks, _sparse_top_peaks, _window_max
 
     rng = np.random.default_rng(kernel)
     answered = declined = 0
@@ -212,7 +212,7 @@ def test_peak_top_k_by_peaks_alone_equals_the_dense_top_k(kernel: int) -> None:
         heat = fuse_scales([torch.from_numpy(grid).float()], (h, w))[0]  # smooth, with replicated borders
         dense = _peaks(heat, kernel).flatten(1).topk(31, dim=1)
         decidable = bool(dense.values[0, 29] > 0) and bool(dense.values[0, 29] != dense.values[0, 30])
-        sparse = _sparse_top_peaks(heat, kernel, 30)
+        sparse = _sparse_top_peaks(heat, _window_max(heat, kernel) == heat, 30)
         assert (sparse is not None) == decidable, trial
         if sparse is None:
             declined += 1
@@ -248,3 +248,27 @@ def test_chunked_gaussian_fits_equal_one_batch(monkeypatch: pytest.MonkeyPatch) 
     assert ok_whole.sum() > m // 2
     assert torch.equal(ok_whole, ok_chunked)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-9)
+
+
+def test_lmpar_by_cholesky_agrees_with_the_eigendecomposition() -> None:
+    """Both solve MINPACK's damping problem; nonsingular systems agree to rounding, singular ones take the
+    eigen path (which zeroes rank-deficient Gauss-Newton directions) inside ``_lmpar``."""
+    from pose.gaussian_fit import _lmpar, _lmpar_eigen
+
+    gen = torch.Generator().manual_seed(0)
+    m, n = 64, 4
+    jac = torch.randn(m, n, 30, dtype=torch.float64, generator=gen)
+    jac[:8, 3] = jac[:8, 2]  # singular J^T J
+    jtj = jac @ jac.transpose(1, 2)
+    jtf = torch.randn(m, n, dtype=torch.float64, generator=gen)
+    diag = 0.5 + torch.rand(m, n, dtype=torch.float64, generator=gen)
+    delta = torch.rand(m, dtype=torch.float64, generator=gen) * torch.logspace(-3, 1, m, dtype=torch.float64)
+    par = torch.zeros(m, dtype=torch.float64)
+    step, new_par = _lmpar(jtj, jtf, diag, delta, par)
+    ref_step, ref_par = _lmpar_eigen(jtj, jtf, diag, delta, par)
+    torch.testing.assert_close(step, ref_step, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(new_par, ref_par, rtol=1e-7, atol=1e-9)
+    damped = new_par > 0  # the step lands on the trust-region boundary (10% band)
+    assert damped.any() and (~damped).any()
+    radius = torch.linalg.vector_norm(diag * step, dim=-1)
+    assert ((radius[damped] - delta[damped]).abs() <= 0.1 * delta[damped] + 1e-12).all()
