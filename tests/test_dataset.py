@@ -384,3 +384,20 @@ def test_real_coco_sample_masks_keypointless_people(data_dir: Path) -> None:
         sample = ds[i]
         assert sample["image"].shape == (3, S, S) and sample["heatmaps"].shape == (18, R, R)
         assert all(torch.isfinite(v).all() for v in sample.values())
+
+
+def test_higher_hrnet_samples_carry_2x_targets_on_the_same_warp(tmp_path: Path) -> None:
+    cfg = make_config()
+    cfg = cfg.model_copy(
+        update={"architecture": cfg.architecture.model_copy(update={"type": "higher_hrnet", "deconv_channels": 8})}
+    )
+    ann_path, folder = write_dataset(tmp_path, [noise_image(S, S)], [[person(17, A_JOINTS, A_BBOX)]])
+    ds = KeypointDataset(ann_path, folder, cfg, train=False)
+    sample = ds[0]
+    assert sample["heatmaps_2x"].shape == (17, 2 * R, 2 * R) and sample["heatmap_weight_2x"].shape == (1, 2 * R, 2 * R)
+    # nose at image (40, 48): (10, 12) on the 32 grid, (20, 24) on the 64 grid
+    assert sample["heatmaps"][0, 12, 10] == 1.0 and sample["heatmaps_2x"][0, 24, 20] == 1.0
+    assert sample["heatmap_weight_2x"].min() == pytest.approx(0.025) and sample["heatmap_weight"].min() == 0.1
+    flipped = ds.get(0, AffineParams((64.0, 64.0), 128 / 200, 0.0, True))
+    assert flipped["heatmaps_2x"][0, 24, 2 * R - 20 - 1] == 1.0  # x -> 63 - x on the 2x grid
+    assert "heatmaps_2x" not in KeypointDataset(ann_path, folder, make_config(), train=False)[0]

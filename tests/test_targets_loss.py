@@ -92,3 +92,23 @@ def test_offset_loss_by_hand() -> None:
     assert (
         heat.item() == 0 and off.item() == pytest.approx(0.01 * expected) and total.item() == pytest.approx(off.item())
     )
+
+
+def test_higher_hrnet_loss_takes_each_branch_and_adds_the_2x_head_by_hand() -> None:
+    # Two channels (K + 1 = 2) on a 1x2 grid, three branches that differ; one sample.
+    target = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.5]]]])  # (1, 2, 1, 2)
+    weight = torch.tensor([[[[1.0, 0.1]]]])
+    branches = torch.cat([target, target + 0.5, target - 1.0], dim=1)  # errors 0, 0.5, -1 everywhere
+    # per branch: mean over 2 ch x 2 px of err^2 * w = err^2 * (1 + 0.1 + 1 + 0.1) / 4 = 0.55 err^2
+    stage0 = (0 + 0.25 + 1.0) * 0.55 / 3
+    pred_2x = torch.tensor([[[[0.0, 0.0, 0.0, 2.0]]]])  # (1, 1, 1, 4): the 2x head, K = 1 channel
+    target_2x = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]])
+    weight_2x = torch.tensor([[[[1.0, 0.025, 0.025, 0.025]]]])
+    stage1 = (1.0 * 1.0 + 4.0 * 0.025) / 4
+    zeros = torch.zeros(1, 2, 1, 2)
+    total, heat, off = PoseLoss()(branches, zeros, target, weight, zeros, zeros, pred_2x, target_2x, weight_2x)
+    assert heat.item() == pytest.approx(stage0 + stage1) and off.item() == 0 and total.item() == heat.item()
+    _, heat4x, _ = PoseLoss()(branches, zeros, target, weight, zeros, zeros)
+    assert heat4x.item() == pytest.approx(stage0)
+    with pytest.raises(ValueError, match="2x"):
+        PoseLoss()(branches, zeros, target, weight, zeros, zeros, pred_2x)

@@ -207,3 +207,22 @@ def test_torchrun_trains_with_two_processes(tmp_path: Path, synthetic: Path) -> 
     assert state["global_step"] == 2  # each rank took 2 steps on its half of the data
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert float(rows[-1]["images_per_s"]) > 0 and len(rows) == 2  # only rank 0 writes
+
+
+def test_higher_hrnet_trains_its_branches_and_2x_head(tmp_path: Path, synthetic: Path) -> None:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["architecture"].update(type="higher_hrnet", deconv_channels=8)
+    model_path = tmp_path / "tiny_higher.yaml"
+    model_path.write_text(yaml.safe_dump(raw))
+    config = run_config(tmp_path, synthetic, model=str(model_path), steps_per_epoch=6, lr=2e-3)
+    torch.manual_seed(0)
+    result = train(load_train_config(config), device="cpu", progress=False)
+    history = losses(result.output)
+    assert len(history) == 6 and all(math.isfinite(x) for x in history)
+    state = torch.load(result.output / "model.pth", map_location="cpu", weights_only=False)
+    weights = state.get("state_dict", state) if isinstance(state, dict) else state
+    assert weights["final_layers.2.bias"].abs().sum() > 0  # the 2x head's bias starts at 0: it was trained
+    from pose.api import PoseEstimator
+
+    est = PoseEstimator.from_config(model_path, weights=result.output / "model.pth")
+    assert est.predict(np.zeros((128, 128, 3), np.uint8)).keypoints.shape[1:] == (17, 3)

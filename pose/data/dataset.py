@@ -23,7 +23,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pose.config import ModelConfig
-from pose.data.transforms import AffineParams, AugmentRanges, augment, eval_params, sample_params, with_center
+from pose.data.transforms import (
+    AffineParams,
+    AugmentRanges,
+    augment,
+    eval_params,
+    sample_params,
+    warp_labels,
+    with_center,
+)
 from pose.preprocess import image_to_tensor
 from pose.targets import heatmap_targets, offset_targets
 
@@ -137,6 +145,7 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         min_center_area: people with a smaller segmentation area (image px^2) get no center; None: the
             authors' rule for the flavour (32^2 for COCO, none for CrowdPose). Exactly labelled data with
             small people (synthetic scenes) should use 0, or its small people are never detected.
+        bg_weight_2x: background weight of the HigherHRNet 2x head's target (authors: 0.025).
 
     Each item is a dict of tensors:
         ``image`` Tensor[3, S, S] float32, RGB normalized with the config's mean/std;
@@ -145,7 +154,8 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         times the loss mask);
         ``offsets`` Tensor[2K, R, R] float32, pixel - joint in output px, (x, y) per joint;
         ``offset_weight`` Tensor[2K, R, R] float32, 1/sqrt(area in input px^2) where supervised;
-        ``image_id`` Tensor[] int64.
+        ``image_id`` Tensor[] int64;
+        HigherHRNet models also ``heatmaps_2x`` Tensor[K, 2R, 2R] and ``heatmap_weight_2x`` Tensor[1, 2R, 2R].
 
     Examples::
 
@@ -168,6 +178,7 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         radius: int = 4,
         ranges: AugmentRanges | None = None,
         min_center_area: float | None = None,
+        bg_weight_2x: float = 0.025,
     ) -> None:
         if seed is not None and seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
@@ -179,6 +190,8 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         self.train = train
         self.seed = seed
         self.sigma, self.center_sigma, self.bg_weight, self.radius = sigma, center_sigma, bg_weight, radius
+        self.bg_weight_2x = bg_weight_2x
+        self.has_2x_head = config.architecture.type == "higher_hrnet"
         self.ranges = ranges or AugmentRanges()
         self.num_keypoints = config.keypoints.num_keypoints
         self.input_size = config.input.size
@@ -262,7 +275,7 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         )
         heatmaps, window_weight = heatmap_targets(joints, r, self.sigma, self.center_sigma, self.bg_weight)
         offsets, offset_weight = offset_targets(joints, np.maximum(areas, MIN_AREA), r, self.radius)
-        return {
+        item = {
             "image": image_to_tensor(image, self.config.input)[0],  # (3, S, S)
             "heatmaps": torch.from_numpy(heatmaps),  # (K + 1, R, R)
             "heatmap_weight": torch.from_numpy(window_weight * mask)[None],  # (1, R, R)
@@ -270,3 +283,11 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
             "offset_weight": torch.from_numpy(offset_weight),  # (2K, R, R)
             "image_id": torch.tensor(self.image_ids[index], dtype=torch.int64),
         }
+        if self.has_2x_head:
+            # The same generator on the 2x grid (the center drawn too, so its window is in the mask); the
+            # 2x head predicts the K keypoint channels.
+            mask_2x, joints_2x = warp_labels(raw.mask, raw.joints, params, 2 * r, self.flip_index)
+            heat_2x, weight_2x = heatmap_targets(joints_2x, 2 * r, self.sigma, self.center_sigma, self.bg_weight_2x)
+            item["heatmaps_2x"] = torch.from_numpy(heat_2x[: self.num_keypoints])  # (K, 2R, 2R)
+            item["heatmap_weight_2x"] = torch.from_numpy(weight_2x * mask_2x)[None]  # (1, 2R, 2R)
+        return item

@@ -31,6 +31,7 @@ __all__ = [
     "input_area_scale",
     "sample_params",
     "warp_image",
+    "warp_labels",
     "warp_joints",
     "warp_mask",
     "with_center",
@@ -188,14 +189,24 @@ def augment(
     Returns:
         image (S, S, 3) uint8, mask (R, R) float32, joints (N, K + 1, 3) output px, areas (N,) input px^2.
     """
-    out_matrix = affine_matrix(params.center, params.scale, output_size, params.rotation)
     in_matrix = affine_matrix(params.center, params.scale, input_size, params.rotation)
-    mask = warp_mask(mask, out_matrix, output_size)
-    joints = warp_joints(joints, out_matrix)
+    out_mask, out_joints = warp_labels(mask, joints, params, output_size, flip_index)
     areas = np.asarray(areas, dtype=np.float64) * input_area_scale(params.scale, input_size)
     image = warp_image(image, in_matrix, input_size)
     if params.flip:
         image = flip_image(image)
+    return image, out_mask, out_joints, areas
+
+
+def warp_labels(
+    mask: np.ndarray, joints: np.ndarray, params: AffineParams, output_size: int, flip_index: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The loss mask and joints of :func:`augment` on an ``output_size`` grid (HigherHRNet's 2x head uses a
+    second one): the same affine scaled to that resolution, then the flip ``x -> output_size - x - 1``."""
+    matrix = affine_matrix(params.center, params.scale, output_size, params.rotation)
+    mask = warp_mask(mask, matrix, output_size)
+    joints = warp_joints(joints, matrix)
+    if params.flip:
         mask = flip_mask(mask)
         joints = flip_joints(joints, flip_index, output_size)
-    return image, mask, joints, areas
+    return mask, joints

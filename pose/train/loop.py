@@ -82,8 +82,6 @@ def train(cfg: TrainConfig, resume: bool = False, device: str | None = None, pro
 def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progress: bool) -> TrainResult:
     started = time.perf_counter()
     model_cfg = load_model_config(cfg.model)
-    if model_cfg.architecture.type != "hrnet":
-        raise NotImplementedError("training covers the HRNet models; the HigherHRNet 2x head loss is not implemented")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = create_model(model_cfg)
     init_weights(model)
@@ -172,13 +170,17 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
                 pred = net(batch["image"])
+            branches = pred.heatmap_branches if pred.heatmap_branches is not None else pred.heatmaps
             total, heat, off = criterion(
-                pred.heatmaps.float(),
+                branches.float(),
                 pred.offsets.float(),
                 batch["heatmaps"],
                 batch["heatmap_weight"],
                 batch["offsets"],
                 batch["offset_weight"],
+                None if pred.heatmaps_2x is None else pred.heatmaps_2x.float(),
+                batch.get("heatmaps_2x"),
+                batch.get("heatmap_weight_2x"),
             )
             if not use_amp:  # with AMP the scaler skips non-finite steps itself
                 _check_finite(total, ctx, epoch, step)
