@@ -11,6 +11,8 @@ the same steps up to rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -76,44 +78,20 @@ def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -
 def _lmpar_cholesky(b: Tensor, chol: Tensor, g: Tensor, delta: Tensor, par: Tensor) -> tuple[Tensor, Tensor]:
     """``lmpar`` for nonsingular ``B`` (its Cholesky factor ``chol``); returns ``u = D x`` and ``par``."""
     eye = torch.eye(b.shape[-1], dtype=b.dtype, device=b.device)
+    factor = chol  # of B + par I for the latest par asked for
 
-    def solve(factor: Tensor) -> Tensor:  # (B + par I)^-1 g
+    def step(p: Tensor) -> Tensor:  # u(p) = (B + p I)^-1 g
+        nonlocal factor
+        factor = chol if not bool(p.any()) else torch.linalg.cholesky_ex(b + p.view(-1, 1, 1) * eye)[0]
         return torch.cholesky_solve(g.unsqueeze(-1), factor).squeeze(-1)
 
-    def curvature(factor: Tensor, u: Tensor, dxnorm: Tensor) -> Tensor:  # z^T (B + par I)^-1 z, z = u / |u|
+    def curvature(u: Tensor, dxnorm: Tensor, p: Tensor) -> Tensor:  # z^T (B + p I)^-1 z, z = u / |u|
         z = (u / dxnorm.clamp(min=DWARF).unsqueeze(-1)).unsqueeze(-1)
         w = torch.linalg.solve_triangular(factor, z, upper=False).squeeze(-1)
         return (w * w).sum(-1)
 
-    zero = torch.zeros_like(par)
-    u = solve(chol)  # Gauss-Newton
-    dxnorm = _norm(u)
-    fp = dxnorm - delta
-    gauss_newton = fp <= 0.1 * delta
-    parl = ((fp / delta) / curvature(chol, u, dxnorm)).clamp(min=0)
-    parl = torch.where(torch.isfinite(parl), parl, zero)
-    gnorm = _norm(g)
-    paru = gnorm / delta
-    paru = torch.where(paru == 0, DWARF / delta.clamp(max=0.1), paru)
-    par = torch.minimum(torch.maximum(par, parl), paru)
-    par = torch.where(par == 0, gnorm / dxnorm.clamp(min=DWARF), par)
-    active = ~gauss_newton
-    for it in range(1, 11):
-        if not bool(active.any()):  # one host sync per Newton step saves the remaining no-op iterations
-            break
-        par = torch.where(active & (par == 0), torch.clamp(0.001 * paru, min=DWARF), par)
-        factor = torch.linalg.cholesky_ex(b + par.view(-1, 1, 1) * eye)[0]
-        u = torch.where(active.unsqueeze(-1), solve(factor), u)
-        dxnorm = _norm(u)
-        prev_fp, fp = fp, torch.where(active, dxnorm - delta, fp)
-        stop = (fp.abs() <= 0.1 * delta) | ((parl == 0) & (fp <= prev_fp) & (prev_fp < 0)) | (it == 10)
-        newton = active & ~stop
-        parc = (fp / delta) / curvature(factor, u, dxnorm)
-        parl = torch.where(newton & (fp > 0), torch.maximum(parl, par), parl)
-        paru = torch.where(newton & (fp < 0), torch.minimum(paru, par), paru)
-        par = torch.where(newton, torch.maximum(parl, par + parc), par)
-        active = newton
-    return u, torch.where(gauss_newton, zero, par)
+    full_rank = torch.ones_like(delta, dtype=torch.bool)
+    return _search_damping(step, curvature, full_rank, _norm(g), delta, par)
 
 
 def _lmpar_eigen(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -> tuple[Tensor, Tensor]:
@@ -129,7 +107,7 @@ def _lmpar_eigen(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Ten
     rank_ok = lam > lam.amax(-1, keepdim=True) * (EPSMCH * jtj.shape[-1])
     c = (vec.transpose(1, 2) @ (jtf / diag).unsqueeze(-1)).squeeze(-1)  # (M, n)
 
-    def scaled_step(p: Tensor) -> Tensor:  # V^T D x(p), in eigen coordinates
+    def step(p: Tensor) -> Tensor:  # V^T D x(p), in eigen coordinates
         denom = lam + p.unsqueeze(-1)
         return torch.where(rank_ok | (p.unsqueeze(-1) > 0), c / denom.clamp(min=DWARF), torch.zeros_like(c))
 
@@ -137,15 +115,28 @@ def _lmpar_eigen(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Ten
         z = y / dxnorm.clamp(min=DWARF).unsqueeze(-1)
         return (z**2 / (lam + p.unsqueeze(-1)).clamp(min=DWARF)).sum(-1)
 
+    y, par = _search_damping(step, curvature, rank_ok.all(-1), _norm(jtf / diag), delta, par)
+    x = (vec @ y.unsqueeze(-1)).squeeze(-1) / diag
+    return -x, par
+
+
+def _search_damping(
+    step: Callable[[Tensor], Tensor],
+    curvature: Callable[[Tensor, Tensor, Tensor], Tensor],
+    full_rank: Tensor,
+    gnorm: Tensor,
+    delta: Tensor,
+    par: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``lmpar``'s safeguarded Newton iteration on ``par``, over the solver's ``step(par)`` (any vector
+    whose norm is ``|D x(par)|``) and ``curvature(step, |step|, par)``; returns the last step and ``par``."""
     zero = torch.zeros_like(par)
-    y = scaled_step(zero)  # Gauss-Newton
+    y = step(zero)  # Gauss-Newton
     dxnorm = _norm(y)
     fp = dxnorm - delta
     gauss_newton = fp <= 0.1 * delta
-    full_rank = rank_ok.all(-1)
     parl = torch.where(full_rank, (fp / delta) / curvature(y, dxnorm, zero), zero).clamp(min=0)
     parl = torch.where(torch.isfinite(parl), parl, zero)
-    gnorm = _norm(jtf / diag)
     paru = gnorm / delta
     paru = torch.where(paru == 0, DWARF / delta.clamp(max=0.1), paru)
     par = torch.minimum(torch.maximum(par, parl), paru)
@@ -155,7 +146,7 @@ def _lmpar_eigen(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Ten
         if not bool(active.any()):  # one host sync per Newton step saves the remaining no-op iterations
             break
         par = torch.where(active & (par == 0), torch.clamp(0.001 * paru, min=DWARF), par)
-        y = torch.where(active.unsqueeze(-1), scaled_step(par), y)
+        y = torch.where(active.unsqueeze(-1), step(par), y)
         dxnorm = _norm(y)
         prev_fp, fp = fp, torch.where(active, dxnorm - delta, fp)
         stop = (fp.abs() <= 0.1 * delta) | ((parl == 0) & (fp <= prev_fp) & (prev_fp < 0)) | (it == 10)
@@ -165,9 +156,7 @@ def _lmpar_eigen(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Ten
         paru = torch.where(newton & (fp < 0), torch.minimum(paru, par), paru)
         par = torch.where(newton, torch.maximum(parl, par + parc), par)
         active = newton
-    par = torch.where(gauss_newton, zero, par)
-    x = (vec @ y.unsqueeze(-1)).squeeze(-1) / diag
-    return -x, par
+    return y, torch.where(gauss_newton, zero, par)
 
 
 FITS_PER_CHUNK = 1024  # CPU: bounds the working set (the Jacobian is 5 kB per fit) for large batches
