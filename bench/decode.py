@@ -102,7 +102,18 @@ def main(
             f"{r['people']:>2} people, batch {r['batch']:>2}: {r['batched_ms_per_image']:8.2f} ms/img batched, "
             f"{r['loop_ms_per_image']:8.1f} ms/img loop, x{r['speedup']:.1f}"
         )
-    write_report(out, {"benchmark": "decode", "grid": [size, size], "env": environment(device), "rows": rows})
+    write_report(
+        out,
+        {
+            "benchmark": "decode",
+            "grid": [size, size],
+            "repeat": repeat,
+            "loop_repeat": loop_repeat,
+            "statistic": "median",
+            "env": environment(device),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ candidates stay absorbable with value 0; the non-absorbed heat lookup reads row=
 are kept because published AP numbers depend on them. Everything runs as tensor code over the whole batch
 on the input's device. The one sequential step is the greedy pose NMS, whose outcome depends on the
 order of decisions: it iterates over candidate *ranks* (at most ``max_people`` per scale), each step a
-batch-wide tensor operation, so its cost does not grow with the batch. Host syncs: none.
+batch-wide tensor operation, so its cost does not grow with the batch. Host syncs: one for the windows to
+refine, and a few inside the Gaussian fit (early stopping); on CPU, where they cost nothing, more (the
+peak search picks its path per map, the fit checks its working set every step).
 
 Letters: B batch, S scales, N candidates (S * max_people), P poses, K keypoints, T top-k candidates.
 Padded batches: every map may be padded at right/bottom; ``sizes`` carry each image's valid size.
@@ -84,10 +86,10 @@ def _sparse_top_peaks(x: Tensor, is_peak: Tensor, count: int) -> tuple[Tensor, T
     caller then runs the dense version. Otherwise the result is the dense one's, except that equal
     values come in ascending pixel order, where ``torch.topk`` leaves their order unspecified.
     """
-    peak = is_peak.view(-1).nonzero().squeeze(1)  # (S,) flat indices
+    peak = is_peak.reshape(-1).nonzero().squeeze(1)  # (S,) flat indices
     if peak.numel() < count:
         return None
-    value = x.view(-1)[peak]
+    value = x.reshape(-1)[peak]
     top, pos = value.topk(min(count + 1, value.numel()))
     if not bool(top[count - 1] > 0) or (top.numel() > count and bool(top[count] == top[count - 1])):
         return None
@@ -101,11 +103,13 @@ _CHUNK = 1 << 18  # elements per peak-finding chunk: about 1 MB of float32, so t
 
 
 def _top_peaks(x: Tensor, kernel: int, count: int, sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``topk(count)`` of every map's NMS peaks (:func:`_peaks`), one cache-sized chunk of maps at a time.
+    """``topk(count)`` of every map's NMS peaks (:func:`_peaks`); on CPU one cache-sized chunk of maps at a time.
 
-    Same values and indices as ``_peaks(x, kernel).flatten(2).topk(count, dim=2)`` (top-k runs row by row),
-    without materializing the batch-sized peak map: at input resolution the passes are memory-bound, and
-    a chunk of maps that fits in the CPU's cache makes them several times faster for large batches.
+    The same as ``_peaks(x, kernel).flatten(2).topk(count, dim=2)`` (top-k runs row by row), except that
+    on CPU equal values inside a large map's chosen set come in ascending pixel order
+    (:func:`_sparse_top_peaks`). On CPU the full-resolution passes are memory-bound: chunks of maps that fit
+    in the cache, never a batch-sized copy, make them several times faster. Other devices take the whole
+    batch at once.
 
     Args:
         x: Tensor[B, C, H, W]; sizes: Tensor[B, 2] valid (H, W) per image, or None when unpadded.
@@ -114,21 +118,21 @@ def _top_peaks(x: Tensor, kernel: int, count: int, sizes: Tensor | None = None) 
         values and flat indices, Tensor[B, C, min(count, H * W)] each.
     """
     b, c, h, w = x.shape
-    maps = x.reshape(b * c, h, w)
-    map_sizes = None if sizes is None else sizes.repeat_interleave(c, 0)
+    if x.device.type != "cpu":
+        heat = x if sizes is None else _mask_padding(x, sizes)
+        return _peaks(heat, kernel).flatten(2).topk(min(count, h * w), dim=2)
     step = max(1, _CHUNK // (h * w))
     values, indices = [], []
-    for start in range(0, b * c, step):
-        chunk = maps[start : start + step]
-        if map_sizes is not None:
-            chunk = _mask_padding(chunk, map_sizes[start : start + step])
-        is_peak = _window_max(chunk, kernel) == chunk  # as _peaks
-        sparse = None
-        if chunk.shape[0] == 1 and chunk.device.type == "cpu" and h * w > count:
-            sparse = _sparse_top_peaks(chunk, is_peak, count)
-        val, idx = sparse or (chunk * is_peak).flatten(1).topk(min(count, h * w), dim=1)
-        values.append(val)
-        indices.append(idx)
+    for i in range(b):  # x[i] is contiguous even when x is a channel slice of a larger batch
+        for start in range(0, c, step):
+            chunk = x[i, start : start + step]
+            if sizes is not None:
+                chunk = _mask_padding(chunk, sizes[i : i + 1].expand(chunk.shape[0], 2))
+            is_peak = _window_max(chunk, kernel) == chunk  # as _peaks
+            sparse = _sparse_top_peaks(chunk, is_peak, count) if chunk.shape[0] == 1 and h * w > count else None
+            val, idx = sparse or (chunk * is_peak).flatten(1).topk(min(count, h * w), dim=1)
+            values.append(val)
+            indices.append(idx)
     return torch.cat(values).view(b, c, -1), torch.cat(indices).view(b, c, -1)
 
 
@@ -275,6 +279,40 @@ def _unique_first(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return values, first, inverse
 
 
+def _window_samples(
+    heat: Tensor,
+    image: Tensor,
+    joint: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    row_lo: Tensor,
+    col_lo: Tensor,
+    grid: tuple[int, int],
+) -> Tensor:
+    """The fit's samples of each window ``F[row_lo : row_lo + rows, col_lo : col_lo + cols]``, float64.
+
+    The authors' xdata pairs the window's row-major value ``f`` with the coordinates ``(a, b) =
+    (f // rows, f % rows)``: right for square windows only. Every window is then a ``cols x rows`` grid of
+    ``(a, b)`` samples, laid out on a ``grid`` (Ga, Gb) one with zeros outside.
+
+    Args:
+        heat: Tensor[B, K, H, W] keypoint heatmaps; the others Tensor[M], one entry per window.
+
+    Returns:
+        Tensor[M, Ga, Gb].
+    """
+    h, w = heat.shape[-2:]
+    a = torch.arange(grid[0], device=heat.device).view(1, -1, 1)
+    b = torch.arange(grid[1], device=heat.device).view(1, 1, -1)
+    f = a * rows.view(-1, 1, 1) + b  # value index of each (a, b)
+    inside = (a < cols.view(-1, 1, 1)) & (b < rows.view(-1, 1, 1))
+    wr = f // cols.view(-1, 1, 1) + row_lo.view(-1, 1, 1)
+    wc = f % cols.view(-1, 1, 1) + col_lo.view(-1, 1, 1)
+    lin = wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)
+    values = heat.flatten(2)[image.view(-1, 1, 1), joint.view(-1, 1, 1), lin]
+    return torch.where(inside, values, 0.0).double()
+
+
 def _refine(
     fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, center: Tensor, valid: Tensor, cfg: DecodeConfig
 ) -> tuple[Tensor, Tensor]:
@@ -303,18 +341,7 @@ def _refine(
     one = tuple(idx[first] for idx in sel)
     bi, ki = one[0], one[2]
     rows_s, cols_s, rlo_s, clo_s = rows[one], cols[one], r_lo[one], c_lo[one]
-    # The authors' xdata pairs the window's row-major value f with the coordinates (a, b) =
-    # (f // rows, f % rows): right for square windows only. Every window is then a cols x rows grid of
-    # (a, b) samples, laid out here on a 13 x 13 one (zeros outside) for the fit.
-    a = torch.arange(13, device=fused.device).view(1, 13, 1)
-    bcoord = torch.arange(13, device=fused.device).view(1, 1, 13)
-    f = a * rows_s.view(-1, 1, 1) + bcoord  # (M, 13, 13) value index of each (a, b)
-    inside = (a < cols_s.view(-1, 1, 1)) & (bcoord < rows_s.view(-1, 1, 1))
-    wr = f // cols_s.view(-1, 1, 1) + rlo_s.view(-1, 1, 1)
-    wc = f % cols_s.view(-1, 1, 1) + clo_s.view(-1, 1, 1)
     flat = fused[:, :k].flatten(2)  # (B, K, H*W)
-    lin = wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)
-    data = torch.where(inside, flat[bi.view(-1, 1, 1), ki.view(-1, 1, 1), lin], 0.0)  # (M, 13, 13)
     rr, cc = r[one] % hb.view(-1)[bi], c[one] % wb.view(-1)[bi]  # negative indices wrap, as in torch
     start = torch.stack(
         [
@@ -325,7 +352,21 @@ def _refine(
         ],
         dim=1,
     )
-    params, ok = fit_gaussians(data.double(), torch.stack([cols_s, rows_s], 1), start)
+    extent = torch.stack([cols_s, rows_s], 1)  # (a, b) grid of each window, see _window_samples
+    wide = (extent > 13).any(1)  # only windows whose stop index wrapped around (joints far outside the map)
+    if not bool(wide.any()):
+        data = _window_samples(fused[:, :k], bi, ki, rows_s, cols_s, rlo_s, clo_s, (13, 13))
+        params, ok = fit_gaussians(data, extent, start)
+    else:
+        params, ok = torch.empty_like(start), torch.empty_like(wide)
+        for part in (~wide, wide):
+            idx = part.nonzero().squeeze(1)
+            if idx.numel():
+                grid = (int(cols_s[idx].max().clamp(min=13)), int(rows_s[idx].max().clamp(min=13)))
+                data = _window_samples(
+                    fused[:, :k], bi[idx], ki[idx], rows_s[idx], cols_s[idx], rlo_s[idx], clo_s[idx], grid
+                )
+                params[idx], ok[idx] = fit_gaussians(data, extent[idx], start[idx])
     params, ok = params[inverse], ok[inverse]
     rlo_s, clo_s = r_lo[sel], c_lo[sel]
     amp, y0, x0 = params[:, 0], params[:, 1], params[:, 2]

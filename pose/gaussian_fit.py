@@ -5,8 +5,9 @@ difference Jacobian, trust region on the diagonally scaled step, at most 300 fun
 that ends without convergence raises and the joint stays as it was). Noisy windows make the optimizer's
 *path* matter, so this follows ``lmdif``/``lmpar`` step for step (same scaling, trust-region updates,
 Newton iterations on the damping parameter and convergence tests), vectorized over all windows of a
-batch in float64. The linear algebra uses normal equations instead of ``lmdif``'s pivoted QR; both give
-the same steps up to rounding.
+batch in float64. The linear algebra uses normal equations (``J^T J``, also for the predicted reduction
+``|J p|^2 = p^T J^T J p``) instead of ``lmdif``'s pivoted QR: the same steps up to rounding, which on an
+ill-conditioned window is larger (the condition number enters squared) and can move its path.
 """
 
 from __future__ import annotations
@@ -52,10 +53,26 @@ def _lmpar(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -
     """MINPACK ``lmpar``: damping ``par`` so that ``|D x| ~ delta`` (10% band), and the step ``-x``.
 
     In scaled coordinates ``u = D x`` every Newton step on ``par`` solves ``(B + par I) u = D^-1 J^T f``
-    with ``B = D^-1 J^T J D^-1``, by a Cholesky factorization (4x4 matrices: a few microseconds each, an
-    order of magnitude less than an eigendecomposition). Fits whose ``B`` is singular to working precision
-    take :func:`_lmpar_eigen`, which gives rank-deficient directions a zero Gauss-Newton component.
+    with ``B = D^-1 J^T J D^-1``. On CPU by a Cholesky factorization (4x4 matrices: a few microseconds
+    each, an order of magnitude less than an eigendecomposition); fits whose ``B`` is singular to working
+    precision, and every fit on other devices (no host syncs), take :func:`_lmpar_eigen`, which gives
+    rank-deficient directions a zero Gauss-Newton component. A fit with non-finite inputs gets a NaN step,
+    which fails it (``eigh`` would raise).
     """
+    finite = torch.isfinite(jtj).flatten(1).all(1) & torch.isfinite(jtf).all(1) & torch.isfinite(diag).all(1)
+    eye = torch.eye(jtj.shape[-1], dtype=jtj.dtype, device=jtj.device)
+    jtj = torch.where(finite.view(-1, 1, 1), jtj, eye)
+    jtf = torch.where(finite.unsqueeze(-1), jtf, 0.0)
+    diag = torch.where(finite.unsqueeze(-1), diag, 1.0)
+    if jtj.device.type == "cpu":
+        step, new_par = _lmpar_cpu(jtj, jtf, diag, delta, par)
+    else:
+        step, new_par = _lmpar_eigen(jtj, jtf, diag, delta, par)
+    return torch.where(finite.unsqueeze(-1), step, torch.nan), torch.where(finite, new_par, par)
+
+
+def _lmpar_cpu(jtj: Tensor, jtf: Tensor, diag: Tensor, delta: Tensor, par: Tensor) -> tuple[Tensor, Tensor]:
+    """Cholesky where ``B`` is nonsingular, the eigendecomposition for the rest."""
     b = jtj / (diag.unsqueeze(-1) * diag.unsqueeze(-2))
     g = jtf / diag
     n = b.shape[-1]

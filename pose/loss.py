@@ -55,7 +55,9 @@ class PoseLoss:
         ``heatmaps`` has K + 1 channels, or a multiple of them (HigherHRNet's branches), each group
         compared with ``heat_target``. With ``heatmaps_2x`` the 2x head's term joins the heatmap term.
         """
-        copies = heatmaps.shape[1] // heat_target.shape[1]
+        copies, rest = divmod(heatmaps.shape[1], heat_target.shape[1])
+        if rest or not copies:
+            raise ValueError(f"{heatmaps.shape[1]} heatmap channels for a {heat_target.shape[1]}-channel target")
         target = heat_target.repeat(1, copies, 1, 1) if copies > 1 else heat_target
         heat = self.heatmap_factor * heatmap_loss(heatmaps, target, heat_weight)
         if heatmaps_2x is not None:

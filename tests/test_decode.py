@@ -250,10 +250,10 @@ def test_chunked_gaussian_fits_equal_one_batch(monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-9)
 
 
-def test_lmpar_by_cholesky_agrees_with_the_eigendecomposition() -> None:
+def test_lmpar_by_cholesky_agrees_with_the_eigendecomposition(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both solve MINPACK's damping problem; nonsingular systems agree to rounding, singular ones take the
-    eigen path (which zeroes rank-deficient Gauss-Newton directions) inside ``_lmpar``."""
-    from pose.gaussian_fit import _lmpar, _lmpar_eigen
+    eigen path (which zeroes rank-deficient Gauss-Newton directions), non-finite ones get a NaN step."""
+    import pose.gaussian_fit as gaussian_fit
 
     gen = torch.Generator().manual_seed(0)
     m, n = 64, 4
@@ -263,12 +263,66 @@ def test_lmpar_by_cholesky_agrees_with_the_eigendecomposition() -> None:
     jtf = torch.randn(m, n, dtype=torch.float64, generator=gen)
     diag = 0.5 + torch.rand(m, n, dtype=torch.float64, generator=gen)
     delta = torch.rand(m, dtype=torch.float64, generator=gen) * torch.logspace(-3, 1, m, dtype=torch.float64)
-    par = torch.zeros(m, dtype=torch.float64)
-    step, new_par = _lmpar(jtj, jtf, diag, delta, par)
-    ref_step, ref_par = _lmpar_eigen(jtj, jtf, diag, delta, par)
+    par = torch.rand(m, dtype=torch.float64, generator=gen) * (torch.arange(m) % 2)  # zero and nonzero starts
+    eigen = gaussian_fit._lmpar_eigen
+    routed: list[int] = []
+
+    def spy(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        routed.append(args[0].shape[0])
+        return eigen(*args)
+
+    monkeypatch.setattr(gaussian_fit, "_lmpar_eigen", spy)
+    step, new_par = gaussian_fit._lmpar(jtj, jtf, diag, delta, par)
+    assert routed == [8]
+    ref_step, ref_par = eigen(jtj, jtf, diag, delta, par)
     torch.testing.assert_close(step, ref_step, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(new_par, ref_par, rtol=1e-7, atol=1e-9)
     damped = new_par > 0  # the step lands on the trust-region boundary (10% band)
     assert damped.any() and (~damped).any()
     radius = torch.linalg.vector_norm(diag * step, dim=-1)
     assert ((radius[damped] - delta[damped]).abs() <= 0.1 * delta[damped] + 1e-12).all()
+    jtj[20, 1, 1] = torch.nan
+    step, new_par = gaussian_fit._lmpar(jtj, jtf, diag, delta, par)
+    assert step[20].isnan().all() and new_par[20] == par[20] and step[21:].isfinite().all()
+
+
+@pytest.mark.parametrize("rows,cols", [(13, 13), (9, 13), (13, 7), (20, 6), (5, 31)])
+def test_window_samples_pair_values_with_the_authors_meshgrid(rows: int, cols: int) -> None:
+    """curve_fit's xdata: ``Y, X = meshgrid(arange(rows), arange(cols))``, sample f at (X.ravel()[f], Y.ravel()[f])
+    for the window's row-major values; windows wider than 13 (a wrapped stop index) keep every sample."""
+    from pose.decode import _window_samples
+
+    rng = np.random.default_rng(rows * 100 + cols)
+    heat = rng.random((2, 3, 40, 50)).astype(np.float32)
+    r_lo, c_lo = 4, 7
+    window = heat[1, 2, r_lo : r_lo + rows, c_lo : c_lo + cols].ravel()
+    y_grid, x_grid = np.meshgrid(np.arange(rows), np.arange(cols))
+    grid = (max(13, cols), max(13, rows))
+    expected = np.zeros(grid)
+    expected[x_grid.ravel(), y_grid.ravel()] = window
+    one = torch.tensor([1])
+    got = _window_samples(torch.from_numpy(heat), one, one * 2, one * rows, one * cols, one * r_lo, one * c_lo, grid)
+    np.testing.assert_array_equal(got[0].numpy(), expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 96 * 128, 3 * 96 * 128, 1 << 18])
+def test_top_peaks_of_a_padded_batch_equal_the_dense_formula(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Chunks of one map (the per-peak ranking), of one image's worth and of several maps, against the top-k
+    of the masked, NMS-zeroed maps of the whole batch."""
+    import pose.decode as decode
+
+    monkeypatch.setattr(decode, "_CHUNK", chunk)
+    rng = np.random.default_rng(chunk % 97)
+    grids = rng.random((3, K, 24, 32)) * 0.01
+    grids[1] -= 0.02  # mostly negative: ties at zero, the dense path
+    heat = fuse_scales([torch.from_numpy(grids).float()], (96, 128))
+    sizes = torch.tensor([[96, 128], [80, 100], [64, 128]])
+    values, indices = decode._top_peaks(heat, 5, 30, sizes)
+    dense = decode._peaks(decode._mask_padding(heat, sizes), 5).flatten(2).topk(30, dim=2)
+    assert torch.equal(values, dense.values)
+    for i in range(3):
+        for j in range(K):
+            if i == 1:  # dense path: torch.topk's own tie order, exactly
+                assert torch.equal(indices[i, j], dense.indices[i, j])
+            else:
+                assert sorted(indices[i, j].tolist()) == sorted(dense.indices[i, j].tolist())

@@ -112,3 +112,5 @@ def test_higher_hrnet_loss_takes_each_branch_and_adds_the_2x_head_by_hand() -> N
     assert heat4x.item() == pytest.approx(stage0)
     with pytest.raises(ValueError, match="2x"):
         PoseLoss()(branches, zeros, target, weight, zeros, zeros, pred_2x)
+    with pytest.raises(ValueError, match="channels"):
+        PoseLoss()(branches[:, :3], zeros, target, weight, zeros, zeros)

@@ -29,8 +29,8 @@ class PoseOutput(NamedTuple):
     heatmaps: Tensor  # (B, K + 1, H, W): K keypoint heatmaps, then the center heatmap
     offsets: Tensor  # (B, 2K, H, W): (dx, dy) per joint; joint = pixel - offset, in output pixels
     heatmaps_2x: Tensor | None = None  # (B, K, 2H, 2W), higher_hrnet only
-    # higher_hrnet only: the three 4x branches, each with the center, (B, 3 * (K + 1), H, W); training
-    # supervises each branch (inference takes their max)
+    # higher_hrnet in training mode only: the three 4x branches, each with the center, (B, 3 * (K + 1), H, W);
+    # training supervises each branch (inference takes their max)
     heatmap_branches: Tensor | None = None
 
 
@@ -312,7 +312,7 @@ class PoseHRNet(nn.Module):
             return PoseOutput(torch.cat([heat_mean, center], dim=1), reg[:, :-1])
         # HigherHRNet: inference combines the 4x branches by element-wise max (get_one_stage_outputs).
         heat_2x = self.final_layers[2](self.deconv_layers[0](torch.cat([cls, heat_mean], dim=1)))
-        per_branch = torch.cat([torch.cat([b, center], dim=1) for b in branches], dim=1)
+        per_branch = torch.cat([torch.cat([b, center], dim=1) for b in branches], dim=1) if self.training else None
         return PoseOutput(torch.cat([branches.amax(dim=0), center], dim=1), reg[:, :-1], heat_2x, per_branch)
 
 
