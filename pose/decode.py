@@ -308,8 +308,8 @@ def _window_samples(
     inside = (a < cols.view(-1, 1, 1)) & (b < rows.view(-1, 1, 1))
     wr = f // cols.view(-1, 1, 1) + row_lo.view(-1, 1, 1)
     wc = f % cols.view(-1, 1, 1) + col_lo.view(-1, 1, 1)
-    lin = wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)
-    values = heat.flatten(2)[image.view(-1, 1, 1), joint.view(-1, 1, 1), lin]
+    # Four-index gathers: no flattened copy of a (non-contiguous) batch of maps.
+    values = heat[image.view(-1, 1, 1), joint.view(-1, 1, 1), wr.clamp(0, h - 1), wc.clamp(0, w - 1)]
     return torch.where(inside, values, 0.0).double()
 
 
@@ -341,11 +341,10 @@ def _refine(
     one = tuple(idx[first] for idx in sel)
     bi, ki = one[0], one[2]
     rows_s, cols_s, rlo_s, clo_s = rows[one], cols[one], r_lo[one], c_lo[one]
-    flat = fused[:, :k].flatten(2)  # (B, K, H*W)
     rr, cc = r[one] % hb.view(-1)[bi], c[one] % wb.view(-1)[bi]  # negative indices wrap, as in torch
     start = torch.stack(
         [
-            flat[bi, ki, rr * w + cc].double(),
+            fused[bi, ki, rr, cc].double(),
             (r[one] - rlo_s).double(),
             (c[one] - clo_s).double(),
             torch.full_like(rows_s, 2, dtype=torch.float64),
