@@ -264,7 +264,8 @@ def _absorb(
     # Swapped lookup: row from x, column from y, each clamped to the *other* axis' range.
     row = torch.trunc(joints[..., 0]).long().clamp(min=0).minimum(sizes[:, 0].view(b, 1, 1) - 1)
     col = torch.trunc(joints[..., 1]).long().clamp(min=0).minimum(sizes[:, 1].view(b, 1, 1) - 1)
-    swapped = torch.gather(fused.flatten(2), 2, (row * w + col).transpose(1, 2)).transpose(1, 2)
+    images = torch.arange(b, device=fused.device).view(b, 1, 1)
+    swapped = fused[images, torch.arange(k, device=fused.device).view(1, 1, k), row, col]  # (B, P, K)
     new_joints = torch.where(absorbed.unsqueeze(-1), cand_xy, joints)
     new_scores = scores * torch.where(absorbed, cand_val, swapped)
     return new_joints, new_scores
