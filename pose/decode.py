@@ -225,10 +225,11 @@ def _bilinear_trunc(heat: Tensor, xy: Tensor, sizes: Tensor) -> Tensor:
     hb, wb = sizes[:, 0].view(b, 1, 1), sizes[:, 1].view(b, 1, 1)
     inside = (x0 >= 0) & (x0 + 1 < wb) & (y0 >= 0) & (y0 + 1 < hb)
     xc, yc = x0.clamp(0, w - 2), y0.clamp(0, h - 2)
-    flat = heat.flatten(2)  # (B, K, H*W)
+    images = torch.arange(b, device=heat.device).view(b, 1, 1)
+    joints = torch.arange(k, device=heat.device).view(1, 1, k)
 
-    def at(yy: Tensor, xx: Tensor) -> Tensor:
-        return torch.gather(flat, 2, (yy * w + xx).transpose(1, 2)).transpose(1, 2)  # (B, P, K)
+    def at(yy: Tensor, xx: Tensor) -> Tensor:  # (B, P, K), without a flattened copy of the maps
+        return heat[images, joints, yy, xx]
 
     value = (
         (1 - u) * (1 - v) * at(yc, xc)
