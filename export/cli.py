@@ -89,7 +89,6 @@ def verify(
         json_out.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
 
 
-
 def _require_tensorrt():  # noqa: ANN202 - the tensorrt module, which may not be importable here
     try:
         import tensorrt

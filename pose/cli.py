@@ -222,9 +222,7 @@ def train_rescore(
     net, history = train_scoring_net(features, oks, epochs=epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
-    typer.echo(
-        f"{len(oks)} poses (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}"
-    )
+    typer.echo(f"{len(oks)} poses (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}")
 
 
 if __name__ == "__main__":
