@@ -211,13 +211,22 @@ def _pose_nms(pos: Tensor, score: Tensor, ok: Tensor, cfg: DecodeConfig) -> tupl
     return order, valid
 
 
+def _joint_values(maps: Tensor, row: Tensor, col: Tensor) -> Tensor:
+    """``maps[b, k, row[b, p, k], col[b, p, k]]``, Tensor[B, P, K]: every pose's joint ``k`` read on map
+    ``k``, by a four-index gather (no flattened copy of a non-contiguous batch of maps)."""
+    b, k = maps.shape[:2]
+    images = torch.arange(b, device=maps.device).view(b, 1, 1)
+    joints = torch.arange(k, device=maps.device).view(1, 1, k)
+    return maps[images, joints, row, col]
+
+
 def _bilinear_trunc(heat: Tensor, xy: Tensor, sizes: Tensor) -> Tensor:
     """Heat at (x, y) from the 4 neighbours of (int(x), int(y)); 0 when any neighbour is outside.
 
     Args:
         heat: (B, K, H, W); xy: (B, P, K, 2); sizes: (B, 2) valid (H, W). Returns (B, P, K).
     """
-    b, k, h, w = heat.shape
+    b, _, h, w = heat.shape
     x, y = xy[..., 0], xy[..., 1]
     x0, y0 = torch.trunc(x), torch.trunc(y)
     u, v = x - x0, y - y0
@@ -225,17 +234,11 @@ def _bilinear_trunc(heat: Tensor, xy: Tensor, sizes: Tensor) -> Tensor:
     hb, wb = sizes[:, 0].view(b, 1, 1), sizes[:, 1].view(b, 1, 1)
     inside = (x0 >= 0) & (x0 + 1 < wb) & (y0 >= 0) & (y0 + 1 < hb)
     xc, yc = x0.clamp(0, w - 2), y0.clamp(0, h - 2)
-    images = torch.arange(b, device=heat.device).view(b, 1, 1)
-    joints = torch.arange(k, device=heat.device).view(1, 1, k)
-
-    def at(yy: Tensor, xx: Tensor) -> Tensor:  # (B, P, K), without a flattened copy of the maps
-        return heat[images, joints, yy, xx]
-
     value = (
-        (1 - u) * (1 - v) * at(yc, xc)
-        + u * (1 - v) * at(yc, xc + 1)
-        + (1 - u) * v * at(yc + 1, xc)
-        + u * v * at(yc + 1, xc + 1)
+        (1 - u) * (1 - v) * _joint_values(heat, yc, xc)
+        + u * (1 - v) * _joint_values(heat, yc, xc + 1)
+        + (1 - u) * v * _joint_values(heat, yc + 1, xc)
+        + u * v * _joint_values(heat, yc + 1, xc + 1)
     )
     return torch.where(inside, value, torch.zeros_like(value))
 
@@ -249,7 +252,7 @@ def _absorb(
     still absorbable). A joint with no peak in range keeps its position and multiplies its score by the
     heat at row=int(x), col=int(y), clamped: the authors' swapped lookup, kept for parity.
     """
-    b, k, h, w = fused.shape
+    b, _, h, w = fused.shape
     val, idx = _top_peaks(fused, 5, cfg.max_people, sizes if padded else None)  # (B, K, T)
     val = val * (val > cfg.keypoint_threshold)
     cand = torch.stack(((idx % w).to(fused.dtype), (idx // w).to(fused.dtype)), -1)  # (B, K, T, 2)
@@ -265,8 +268,7 @@ def _absorb(
     # Swapped lookup: row from x, column from y, each clamped to the *other* axis' range.
     row = torch.trunc(joints[..., 0]).long().clamp(min=0).minimum(sizes[:, 0].view(b, 1, 1) - 1)
     col = torch.trunc(joints[..., 1]).long().clamp(min=0).minimum(sizes[:, 1].view(b, 1, 1) - 1)
-    images = torch.arange(b, device=fused.device).view(b, 1, 1)
-    swapped = fused[images, torch.arange(k, device=fused.device).view(1, 1, k), row, col]  # (B, P, K)
+    swapped = _joint_values(fused, row, col)
     new_joints = torch.where(absorbed.unsqueeze(-1), cand_xy, joints)
     new_scores = scores * torch.where(absorbed, cand_val, swapped)
     return new_joints, new_scores
