@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
-from pose.config import DEFAULT_MODEL
+from pose.config import DEFAULT_MODEL, check_scales
 
 app = typer.Typer(help="Bottom-up multi-person pose estimation.", no_args_is_help=True, add_completion=False)
 
@@ -22,6 +22,21 @@ DefaultModelOpt = Annotated[
 ]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
+
+
+def _scales(value: list[float] | None) -> list[float] | None:
+    if not value:
+        return None
+    try:
+        return check_scales(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+ScalesOpt = Annotated[
+    list[float] | None,
+    typer.Option(help="test scales, 1 among them, e.g. --scales 2 --scales 1 --scales 0.5", callback=_scales),
+]
 
 
 def _images(inputs: list[Path]) -> list[Path]:
@@ -51,9 +66,7 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
     overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
-    scales: Annotated[
-        list[float] | None, typer.Option(help="test scales, e.g. --scales 2 --scales 1 --scales 0.5")
-    ] = None,
+    scales: ScalesOpt = None,
     min_score: Annotated[float, typer.Option(help="drop poses scoring below this in overlays")] = 0.0,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -109,9 +122,7 @@ def evaluate(
     model: DefaultModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = None,
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
-    scales: Annotated[
-        list[float] | None, typer.Option(help="test scales, e.g. --scales 2 --scales 1 --scales 0.5")
-    ] = None,
+    scales: ScalesOpt = None,
     out: Annotated[Path | None, typer.Option(help="also write the COCO results JSON here")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "ModelConfig",
     "StageConfig",
     "TestConfig",
+    "check_scales",
     "load_model_config",
 ]
 
@@ -147,12 +148,24 @@ class DecodeConfig(_Strict):
     rescore: bool = True  # multiply the pose score by the scoring net's predicted OKS
 
 
+def check_scales(scales: list[float]) -> list[float]:
+    """Test scales as the decoder needs them: positive, with 1.0 among them (poses are grouped in its frame)."""
+    if not scales or any(not s > 0 for s in scales) or 1.0 not in scales:
+        raise ValueError(f"test scales must be positive and include 1.0, got {list(scales)}")
+    return scales
+
+
 class TestConfig(_Strict):
     """Test-time augmentation defaults."""
 
     flip: bool = True
     scales: list[float] = [1.0]
     flip_shift: int = 3  # flipped input is shifted left by this many input pixels (authors' choice)
+
+    @field_validator("scales")
+    @classmethod
+    def _check_scales(cls, v: list[float]) -> list[float]:
+        return check_scales(v)
 
 
 class OnnxArtifact(_Strict):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pose.config import ModelConfig
+from pose.config import ModelConfig, check_scales
 from pose.inference import ScaleOutput, flip_test
 from pose.models.hrnet import PoseOutput
 from pose.postprocess import postprocess
@@ -104,7 +104,7 @@ class BatchPipeline:
     ) -> tuple[list[PoseResult], BatchTimings]:
         """Poses for each HWC uint8 RGB image; ``decode`` overrides :class:`~pose.config.DecodeConfig`."""
         cfg = self.config
-        scales = sorted(scales or cfg.test.scales, reverse=True)
+        scales = sorted(check_scales(list(scales or cfg.test.scales)), reverse=True)
         flip = cfg.test.flip if flip is None else flip
         flip_index = cfg.keypoints.flip_index if flip else None
         timings = BatchTimings()

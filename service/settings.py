@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pose.config import DEFAULT_MODEL
+from pose.config import DEFAULT_MODEL, check_scales
 
 
 class Settings(BaseSettings):
@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.half and not self.device.startswith("cuda"):
             raise ValueError("half precision needs a CUDA device")
-        if self.scales is not None and 1.0 not in self.scales:
-            raise ValueError(f"scales must include 1.0, got {self.scales}")
+        if self.scales is not None:
+            check_scales(self.scales)
         if self.api_key_file is not None:
             if self.api_key is not None:
                 raise ValueError("set api_key or api_key_file, not both")

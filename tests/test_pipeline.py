@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pose.api import PoseEstimator
 
@@ -23,3 +24,22 @@ def test_mixed_size_batch_equals_one_at_a_time(data_dir: Path, parity_dir: Path)
         assert got.keypoints.shape == alone.keypoints.shape
         np.testing.assert_allclose(got.keypoints.numpy(), alone.keypoints.numpy(), atol=1e-4)
         np.testing.assert_allclose(got.scores.numpy(), alone.scores.numpy(), atol=1e-5)
+
+
+def test_scales_without_one_are_refused_by_name() -> None:
+    """Poses are grouped in the scale-1 frame: a scale list without 1.0 is a clear error at every entry."""
+    from typer.testing import CliRunner
+
+    from pose.cli import app
+    from pose.config import TestConfig
+
+    est = PoseEstimator.from_config(FIXTURES / "tiny_coco_w8_256.yaml")
+    image = np.zeros((64, 48, 3), np.uint8)
+    for bad in ([1.5], [2.0, 0.0, 1.0], [-1.0, 1.0]):
+        with pytest.raises(ValueError, match="positive and include 1.0"):
+            est.predict(image, scales=bad)
+        with pytest.raises(ValueError, match="positive and include 1.0"):
+            TestConfig(scales=bad)
+    assert est.predict(image, scales=[1.0, 0.5]).keypoints.shape[1:] == (17, 3)  # a valid list still runs
+    result = CliRunner().invoke(app, ["predict", "missing.jpg", "--scales", "1.5"])
+    assert result.exit_code == 2 and "include 1.0" in result.output

@@ -284,3 +284,11 @@ def test_openapi_documents_every_body_type(client: TestClient) -> None:
     content = spec["paths"]["/v1/pose"]["post"]["requestBody"]["content"]
     assert set(content) == {"image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"}
     assert "PoseRequest" in spec["components"]["schemas"] and "PoseResponse" in spec["components"]["schemas"]
+
+
+def test_settings_refuse_scales_the_decoder_cannot_group() -> None:
+    with pytest.raises(ValueError, match="include 1.0"):
+        settings(scales=[2.0])
+    with pytest.raises(ValueError, match="positive"):
+        settings(scales=[1.0, 0.0])
+    assert settings(scales=[2.0, 1.0]).scales == [2.0, 1.0]
