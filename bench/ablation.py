@@ -9,14 +9,20 @@ and, on the full model, the pose score with and without the scoring net (trained
 
     python -m bench.ablation --out bench/results/ablation_synthetic.json --markdown docs/training.md
 
-Small on purpose (128x128 images, a tiny HRNet, minutes per variant on 2 CPU cores): the numbers rank the
-parts on this data; they are not COCO numbers.
+By default small (128x128 scenes, a tiny HRNet, minutes per variant on 2 CPU cores). On a GPU, run it with the
+shipped model's network and data for numbers that rank the parts (tens of epochs per variant):
+
+    python -m bench.ablation --model model_repo/synthetic_w16_256/config.yaml --data data/synthetic \
+        --epochs 40 --batch-size 32 --lr 2e-3 --workers 8 --markdown docs/training.md
+
+The numbers rank the parts on synthetic figures; they are not COCO numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,52 +52,78 @@ def make_data(root: Path, train_images: int, val_images: int) -> None:
             write_dataset(root / split, count, seed, scene, progress=True)
 
 
-def train_variant(name: str, root: Path, epochs: int, batch_size: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Setup:
+    """What every variant shares: base model, data, schedule and device."""
+
+    model: Path
+    data: Path  # holds train/ and val/ (COCO JSON + images)
+    work: Path  # variant configs and runs go here
+    epochs: int
+    batch_size: int
+    lr: float
+    workers: int
+    device: str
+    steps_per_epoch: int | None = None
+
+
+def train_variant(name: str, setup: Setup) -> dict[str, Any]:
     from pose.train.config import TrainConfig
     from pose.train.loop import train
 
     arch_overrides, run_overrides = VARIANTS[name]
-    model_cfg = yaml.safe_load(BASE_MODEL.read_text())
+    model_cfg = yaml.safe_load(setup.model.read_text())
     model_cfg["name"] = f"ablation_{name}"
     model_cfg["architecture"].update(arch_overrides)
-    model_path = root / "models" / f"{name}.yaml"
+    model_cfg.pop("weights", None)  # a fresh network; its scoring net comes from rescoring_effect
+    model_cfg.pop("rescore_weights", None)
+    model_path = setup.work / "models" / f"{name}.yaml"
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model_path.write_text(yaml.safe_dump(model_cfg, sort_keys=False))
     cfg = TrainConfig(
         model=model_path,
-        train_annotations=root / "train" / "annotations.json",
-        train_images=root / "train" / "images",
-        val_annotations=root / "val" / "annotations.json",
-        val_images=root / "val" / "images",
-        output=root / "runs" / name,
-        epochs=epochs,
-        milestones=[int(epochs * 0.8)],
-        lr=2e-3,
-        batch_size=batch_size,
-        workers=0,
+        train_annotations=setup.data / "train" / "annotations.json",
+        train_images=setup.data / "train" / "images",
+        val_annotations=setup.data / "val" / "annotations.json",
+        val_images=setup.data / "val" / "images",
+        output=setup.work / "runs" / name,
+        epochs=setup.epochs,
+        milestones=[int(setup.epochs * 0.8)],
+        lr=setup.lr,
+        batch_size=setup.batch_size,
+        workers=setup.workers,
+        steps_per_epoch=setup.steps_per_epoch,
         log_every=50,
+        min_center_area=0,  # synthetic labels are exact: small people get a center too
         **run_overrides,
     )
-    result = train(cfg, device="cpu", progress=False)
-    stats = result.metrics[epochs - 1]
+    result = train(cfg, device=setup.device, progress=False)
+    stats = result.metrics[setup.epochs - 1]
     print(f"{name:12s} AP {stats['AP']:.4f}  AR {stats['AR']:.4f}  ({result.seconds:.0f} s)", flush=True)
     return {"AP": stats["AP"], "AR": stats["AR"], "AP50": stats["AP50"], "seconds": result.seconds}
 
 
-def rescoring_effect(root: Path) -> dict[str, Any]:
+def rescoring_effect(setup: Setup) -> dict[str, Any]:
     """The full model's AP with the naive score and with the scoring net trained on its own train-set poses."""
     from pose.api import PoseEstimator
     from pose.evaluation import evaluate_keypoints, predict_dataset
     from pose.train.rescore import collect_rescore_data, train_scoring_net
 
-    est = PoseEstimator.from_config(root / "models" / "full.yaml", weights=root / "runs" / "full" / "model.pth")
-    features, oks = collect_rescore_data(est, root / "train" / "annotations.json", root / "train" / "images")
-    est.pipeline.scoring_net = est.scoring_net = train_scoring_net(features, oks)[0]
+    model, weights = setup.work / "models" / "full.yaml", setup.work / "runs" / "full" / "model.pth"
+    est = PoseEstimator.from_config(model, weights=weights, device=setup.device)
+    train, val = setup.data / "train", setup.data / "val"
+    try:
+        features, oks = collect_rescore_data(est, train / "annotations.json", train / "images")
+    except ValueError as err:  # a network too early in training to find anyone
+        print(f"rescoring skipped: {err}", flush=True)
+        return {"skipped": str(err)}
+    scoring_net = train_scoring_net(features, oks)[0].to(setup.device)
+    est.pipeline.scoring_net = est.scoring_net = scoring_net
     kp = est.config.keypoints
     out = {}
     for label, rescore in (("naive_score", False), ("scoring_net", True)):
-        results = predict_dataset(est, root / "val" / "annotations.json", root / "val" / "images", rescore=rescore)
-        stats = evaluate_keypoints(root / "val" / "annotations.json", results, kp.dataset, kp.sigmas)
+        results = predict_dataset(est, val / "annotations.json", val / "images", rescore=rescore)
+        stats = evaluate_keypoints(val / "annotations.json", results, kp.dataset, kp.sigmas)
         out[label] = {"AP": stats["AP"], "AR": stats["AR"], "AP50": stats["AP50"]}
         print(f"full, {label:11s} AP {stats['AP']:.4f}  AR {stats['AR']:.4f}", flush=True)
     return out
@@ -106,32 +138,60 @@ def markdown(report: dict[str, Any]) -> str:
     for name, r in report["variants"].items():
         lines.append(f"| {name} | {r['AP']:.3f} | {r['AR']:.3f} | {r['AP50']:.3f} | {r['AP'] - full:+.3f} |")
     for label, r in report["rescoring"].items():
+        if label == "skipped":
+            continue
         name = f"full, {label.replace('_', ' ')}"
         lines.append(f"| {name} | {r['AP']:.3f} | {r['AR']:.3f} | {r['AP50']:.3f} | {r['AP'] - full:+.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation", help="data and runs folder")
-    parser.add_argument("--train-images", type=int, default=1200)
-    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation", help="configs and runs folder")
+    parser.add_argument("--model", type=Path, default=BASE_MODEL, help="model config every variant starts from")
+    parser.add_argument(
+        "--data", type=Path, help="synthetic set with train/ and val/ (default: small scenes made in --work)"
+    )
+    parser.add_argument("--train-images", type=int, default=1200, help="when the scenes are made here")
+    parser.add_argument("--val-images", type=int, default=200, help="when the scenes are made here")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--steps-per-epoch", type=int, help="cap per epoch (smoke runs)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ablation_synthetic.json")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    make_data(args.work, args.train_images, args.val_images)
-    variants = {name: train_variant(name, args.work, args.epochs, args.batch_size) for name in args.variants}
+    if args.data is None:
+        make_data(args.work, args.train_images, args.val_images)
+    setup = Setup(
+        model=args.model.resolve(),
+        data=(args.data or args.work).resolve(),
+        work=args.work.resolve(),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        workers=args.workers,
+        device=args.device,
+        steps_per_epoch=args.steps_per_epoch,
+    )
+    variants = {name: train_variant(name, setup) for name in args.variants}
+    shared = ("train_images", "val_images") if args.data is None else ()
     report = {
-        "environment": environment("cpu"),
-        "setup": {k: v for k, v in vars(args).items() if k in ("train_images", "val_images", "epochs", "batch_size")},
-        "model": str(BASE_MODEL.relative_to(ROOT)),
+        "environment": environment(args.device),
+        "setup": {
+            "model": _shown(setup.model),
+            "data": _shown(setup.data),
+            **{k: getattr(args, k) for k in (*shared, "epochs", "steps_per_epoch", "batch_size", "lr")},
+        },
         "variants": variants,
-        "rescoring": rescoring_effect(args.work) if "full" in variants else {},
+        "rescoring": rescoring_effect(setup) if "full" in variants else {},
         "seconds": time.perf_counter() - started,
     }
     write_report(args.out, report)
@@ -140,6 +200,11 @@ def main() -> None:
     if args.markdown:
         head = args.markdown.read_text().split(TABLE_MARK)[0] if args.markdown.is_file() else ""
         args.markdown.write_text(head + TABLE_MARK + "\n" + table)
+
+
+def _shown(path: Path) -> str:
+    """Repository-relative where possible, so reports read the same on every machine."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

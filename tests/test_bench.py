@@ -30,3 +30,30 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     if isinstance(sections["service"], list):
         assert all(r["lost"] == r["duplicated"] == r["failed"] == r["wrong"] == 0 for r in sections["service"])
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark report")
+
+
+def test_ablation_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
+    """Two variants for two steps each: the script trains, evaluates each and writes the report and the table."""
+    table = tmp_path / "training.md"
+    table.write_text("# Training\n\nprose kept above the table\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.ablation", "--work", str(tmp_path / "work"), "--device", "cpu"]
+        + ["--train-images", "6", "--val-images", "3", "--epochs", "1", "--steps-per-epoch", "2"]
+        + ["--batch-size", "2", "--variants", "full", "no_adaptive"]
+        + ["--out", str(tmp_path / "ablation.json"), "--markdown", str(table)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(report["variants"]) == {"full", "no_adaptive"}
+    for row in report["variants"].values():
+        assert 0.0 <= row["AP"] <= 1.0 and 0.0 <= row["AR"] <= 1.0 and row["seconds"] > 0
+    # Two steps from random weights find nobody, so there is nothing to train the scoring net on: said, not a crash.
+    assert "found no poses" in report["rescoring"]["skipped"]
+    assert report["setup"]["steps_per_epoch"] == 2 and report["environment"]["device"] == "cpu"
+    text = table.read_text()
+    assert text.startswith("# Training\n\nprose kept above the table\n")
+    assert "| full |" in text and "| no_adaptive |" in text and "scoring net" not in text
