@@ -31,9 +31,9 @@ def test_scales_without_one_are_refused_by_name() -> None:
     from typer.testing import CliRunner
 
     from pose.cli import app
-    from pose.config import TestConfig
+    from pose.config import DEFAULT_MODEL, TestConfig
 
-    est = PoseEstimator.from_config(FIXTURES / "tiny_coco_w8_256.yaml")
+    est = PoseEstimator.from_config(DEFAULT_MODEL)  # shipped in the repository: runs without ../shared
     image = np.zeros((64, 48, 3), np.uint8)
     for bad in ([1.5], [2.0, 0.0, 1.0], [-1.0, 1.0]):
         with pytest.raises(ValueError, match="positive and include 1.0"):
