@@ -10,15 +10,16 @@ from pathlib import Path
 from .conftest import ROOT
 
 
-def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
+def run_module(module: str, *args: str) -> None:
+    """``python -m module args`` from the repository root; fails the test with the tail of its output."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--device", "cpu", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
+    run_module("bench.run", "--quick", "--device", "cpu", "--out", str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["mode"] == "quick" and report["env"]["device"] == "cpu"
     sections = report["sections"]
@@ -36,17 +37,12 @@ def test_ablation_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
     """Two variants for two steps each: the script trains, evaluates each and writes the report and the table."""
     table = tmp_path / "training.md"
     table.write_text("# Training\n\nprose kept above the table\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.ablation", "--work", str(tmp_path / "work"), "--device", "cpu"]
-        + ["--train-images", "6", "--val-images", "3", "--epochs", "1", "--steps-per-epoch", "2"]
-        + ["--batch-size", "2", "--variants", "full", "no_adaptive"]
-        + ["--out", str(tmp_path / "ablation.json"), "--markdown", str(table)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    run_module(
+        "bench.ablation",
+        *("--work", str(tmp_path / "work"), "--device", "cpu", "--train-images", "6", "--val-images", "3"),
+        *("--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--variants", "full", "no_adaptive"),
+        *("--out", str(tmp_path / "ablation.json"), "--markdown", str(table)),
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "ablation.json").read_text())
     assert set(report["variants"]) == {"full", "no_adaptive"}
     for row in report["variants"].values():
