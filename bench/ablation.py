@@ -65,6 +65,7 @@ class Setup:
     workers: int
     device: str
     steps_per_epoch: int | None = None
+    rescore_images: int | None = None  # train images the scoring net learns from (None: all)
 
 
 def train_variant(name: str, setup: Setup) -> dict[str, Any]:
@@ -113,7 +114,9 @@ def rescoring_effect(setup: Setup) -> dict[str, Any]:
     est = PoseEstimator.from_config(model, weights=weights, device=setup.device)
     train, val = setup.data / "train", setup.data / "val"
     try:
-        features, oks = collect_rescore_data(est, train / "annotations.json", train / "images")
+        features, oks = collect_rescore_data(
+            est, train / "annotations.json", train / "images", max_images=setup.rescore_images
+        )
     except ValueError as err:  # a network too early in training to find anyone
         print(f"rescoring skipped: {err}", flush=True)
         return {"skipped": str(err)}
@@ -158,6 +161,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=200, help="when the scenes are made here")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--steps-per-epoch", type=int, help="cap per epoch (smoke runs)")
+    parser.add_argument("--rescore-images", type=int, default=2000, help="train images for the scoring net")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -180,15 +184,17 @@ def main() -> None:
         workers=args.workers,
         device=args.device,
         steps_per_epoch=args.steps_per_epoch,
+        rescore_images=args.rescore_images,
     )
     variants = {name: train_variant(name, setup) for name in args.variants}
     shared = ("train_images", "val_images") if args.data is None else ()
+    schedule = ("epochs", "steps_per_epoch", "batch_size", "lr", "rescore_images")
     report = {
         "environment": environment(args.device),
         "setup": {
             "model": _shown(setup.model),
             "data": _shown(setup.data),
-            **{k: getattr(args, k) for k in (*shared, "epochs", "steps_per_epoch", "batch_size", "lr")},
+            **{k: getattr(args, k) for k in (*shared, *schedule)},
         },
         "variants": variants,
         "rescoring": rescoring_effect(setup) if "full" in variants else {},
