@@ -132,6 +132,11 @@ def rescoring_effect(setup: Setup) -> dict[str, Any]:
     return out
 
 
+def _shown(path: Path) -> str:
+    """Repository-relative where possible, so reports read the same on every machine."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def markdown(report: dict[str, Any]) -> str:
     full = report["variants"]["full"]["AP"]
     lines = [
@@ -206,11 +211,6 @@ def main() -> None:
     if args.markdown:
         head = args.markdown.read_text().split(TABLE_MARK)[0] if args.markdown.is_file() else ""
         args.markdown.write_text(head + TABLE_MARK + "\n" + table)
-
-
-def _shown(path: Path) -> str:
-    """Repository-relative where possible, so reports read the same on every machine."""
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

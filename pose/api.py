@@ -86,6 +86,8 @@ class PoseEstimator:
     ) -> tuple[list[ScaleOutput], ImageTransform]:
         """Flip-aggregated outputs at each scale (descending), and the scale-1 transform."""
         scales = sorted(scales or self.config.test.scales, reverse=True)
+        if any(not s > 0 for s in scales):  # no grouping here, so 1.0 is not required
+            raise ValueError(f"test scales must be positive, got {scales}")
         flip = self.config.test.flip if flip is None else flip
         flip_index = self.config.keypoints.flip_index if flip else None
         h, w = image.shape[:2]

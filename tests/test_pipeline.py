@@ -41,5 +41,9 @@ def test_scales_without_one_are_refused_by_name() -> None:
         with pytest.raises(ValueError, match="positive and include 1.0"):
             TestConfig(scales=bad)
     assert est.predict(image, scales=[1.0, 0.5]).keypoints.shape[1:] == (17, 3)  # a valid list still runs
+    with pytest.raises(ValueError, match="must be positive"):
+        est.forward(image, scales=[0.0])
+    (raw,), _ = est.forward(image, scales=[0.5])  # raw maps need no grouping frame: any positive scale
+    assert raw.heatmaps.shape[-1] < est.forward(image, scales=[1.0])[0][0].heatmaps.shape[-1]
     result = CliRunner().invoke(app, ["predict", "missing.jpg", "--scales", "1.5"])
     assert result.exit_code == 2 and "include 1.0" in result.output
