@@ -66,6 +66,7 @@ class Setup:
     device: str
     steps_per_epoch: int | None = None
     rescore_images: int | None = None  # train images the scoring net learns from (None: all)
+    seed: int = 0  # weights, sample order and augmentation; a second seed measures run-to-run noise
 
 
 def train_variant(name: str, setup: Setup) -> dict[str, Any]:
@@ -91,6 +92,7 @@ def train_variant(name: str, setup: Setup) -> dict[str, Any]:
         epochs=setup.epochs,
         milestones=[int(setup.epochs * 0.8)],
         lr=setup.lr,
+        seed=setup.seed,
         batch_size=setup.batch_size,
         workers=setup.workers,
         steps_per_epoch=setup.steps_per_epoch,
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--rescore-images", type=int, default=2000, help="train images for the scoring net")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the same for every variant)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -190,10 +193,11 @@ def main() -> None:
         device=args.device,
         steps_per_epoch=args.steps_per_epoch,
         rescore_images=args.rescore_images,
+        seed=args.seed,
     )
     variants = {name: train_variant(name, setup) for name in args.variants}
     shared = ("train_images", "val_images") if args.data is None else ()
-    schedule = ("epochs", "steps_per_epoch", "batch_size", "lr", "rescore_images")
+    schedule = ("epochs", "steps_per_epoch", "batch_size", "lr", "seed", "rescore_images")
     report = {
         "environment": environment(args.device),
         "setup": {

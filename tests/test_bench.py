@@ -41,7 +41,7 @@ def test_ablation_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
         "bench.ablation",
         *("--work", str(tmp_path / "work"), "--device", "cpu", "--train-images", "6", "--val-images", "3"),
         *("--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--variants", "full", "no_adaptive"),
-        *("--rescore-images", "2"),
+        *("--rescore-images", "2", "--seed", "3"),
         *("--out", str(tmp_path / "ablation.json"), "--markdown", str(table)),
     )
     report = json.loads((tmp_path / "ablation.json").read_text())
@@ -51,7 +51,8 @@ def test_ablation_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
     # Two steps from random weights find nobody, so there is nothing to train the scoring net on: said, not a crash.
     assert "found no poses" in report["rescoring"]["skipped"]
     assert report["setup"]["steps_per_epoch"] == 2 and report["setup"]["rescore_images"] == 2
-    assert report["environment"]["device"] == "cpu"
+    assert report["environment"]["device"] == "cpu" and report["setup"]["seed"] == 3
+    assert json.loads((tmp_path / "work" / "runs" / "full" / "train_config.json").read_text())["seed"] == 3
     text = table.read_text()
     assert text.startswith("# Training\n\nprose kept above the table\n")
     assert "| full |" in text and "| no_adaptive |" in text and "scoring net" not in text
