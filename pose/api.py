@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from pose.checkpoint import load_weights
-from pose.config import ModelConfig, load_model_config
+from pose.config import ModelConfig, check_scales, load_model_config
 from pose.inference import ScaleOutput, flip_test
 from pose.models.hrnet import PoseHRNet, create_model
 from pose.pipeline import BatchPipeline, PoseResult
@@ -85,9 +85,7 @@ class PoseEstimator:
         self, image: np.ndarray, scales: list[float] | None = None, flip: bool | None = None
     ) -> tuple[list[ScaleOutput], ImageTransform]:
         """Flip-aggregated outputs at each scale (descending), and the scale-1 transform."""
-        scales = sorted(scales or self.config.test.scales, reverse=True)
-        if any(not s > 0 for s in scales):  # no grouping here, so 1.0 is not required
-            raise ValueError(f"test scales must be positive, got {scales}")
+        scales = sorted(check_scales(scales or self.config.test.scales, grouped=False), reverse=True)
         flip = self.config.test.flip if flip is None else flip
         flip_index = self.config.keypoints.flip_index if flip else None
         h, w = image.shape[:2]

@@ -148,10 +148,12 @@ class DecodeConfig(_Strict):
     rescore: bool = True  # multiply the pose score by the scoring net's predicted OKS
 
 
-def check_scales(scales: list[float]) -> list[float]:
-    """Test scales as the decoder needs them: positive, with 1.0 among them (poses are grouped in its frame)."""
-    if not scales or any(not s > 0 for s in scales) or 1.0 not in scales:
-        raise ValueError(f"test scales must be positive and include 1.0, got {list(scales)}")
+def check_scales(scales: list[float], grouped: bool = True) -> list[float]:
+    """Test scales as the decoder needs them: positive, with 1.0 among them when poses are grouped (in its
+    frame); raw network outputs (``grouped=False``) take any positive scales."""
+    if not scales or any(not s > 0 for s in scales) or (grouped and 1.0 not in scales):
+        need = "positive and include 1.0" if grouped else "positive"
+        raise ValueError(f"test scales must be {need}, got {list(scales)}")
     return scales
 
 
