@@ -64,9 +64,9 @@ class Setup:
     lr: float
     workers: int
     device: str
+    rescore_images: int | None  # train images the scoring net learns from (None: all)
+    seed: int  # weights, sample order and augmentation; a second seed measures run-to-run noise
     steps_per_epoch: int | None = None
-    rescore_images: int | None = None  # train images the scoring net learns from (None: all)
-    seed: int = 0  # weights, sample order and augmentation; a second seed measures run-to-run noise
 
 
 def train_variant(name: str, setup: Setup) -> dict[str, Any]:
