@@ -236,5 +236,50 @@ def train_rescore(
     typer.echo(f"{len(oks)} poses (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}")
 
 
+@app.command("average-weights")
+def average_weights(
+    checkpoints: Annotated[list[Path], typer.Argument(help="checkpoints to average, e.g. a run's epochs/*.pth")],
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option(help="where to save the averaged weights")],
+    bn_annotations: Annotated[
+        Path | None, typer.Option(help="training set JSON to measure batch-norm statistics on (recommended)")
+    ] = None,
+    bn_images: Annotated[Path | None, typer.Option(help="its image folder")] = None,
+    bn_batches: Annotated[int, typer.Option(min=1, help="augmented training batches for the statistics")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    seed: Annotated[int, typer.Option(help="augmentation and order of the statistics pass")] = 0,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Average checkpoints uniformly (SWA-style) and re-measure batch-norm statistics on training images."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pose.checkpoint import CheckpointError, check_state_dict, save_checkpoint
+    from pose.config import load_model_config
+    from pose.data.dataset import KeypointDataset
+    from pose.models.hrnet import create_model
+    from pose.train.averaging import average_checkpoints, recalibrate_batchnorm, training_images
+
+    if (bn_annotations is None) != (bn_images is None):
+        raise typer.BadParameter("--bn-annotations and --bn-images go together")
+    cfg = load_model_config(model)
+    net = create_model(cfg)
+    try:
+        state = average_checkpoints(checkpoints)
+        check_state_dict(net, state)
+    except CheckpointError as err:
+        raise typer.BadParameter(str(err)) from None
+    net.load_state_dict(state)
+    note = "batch-norm statistics averaged too"
+    if bn_annotations is not None and bn_images is not None:
+        dataset = KeypointDataset(bn_annotations, bn_images, cfg, train=True, seed=seed)
+        order = torch.Generator().manual_seed(seed)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
+        seen = recalibrate_batchnorm(net.to(device), training_images(loader, bn_batches), device)
+        note = f"batch-norm statistics measured on {seen} training images"
+    save_checkpoint(net.cpu(), out, cfg.name, averaged=[str(p) for p in checkpoints])
+    typer.echo(f"averaged {len(checkpoints)} checkpoints, {note} -> {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -35,6 +35,9 @@ class TrainConfig(BaseModel):
     steps_per_epoch: int | None = Field(None, ge=1, description="cap (small runs); None: the whole dataset")
     log_every: int = Field(20, ge=1)
     validate_every: int = Field(0, ge=0, description="epochs between AP evaluations (0: only at the end)")
+    keep_epoch_weights: bool = Field(
+        False, description="also keep every epoch's weights as epochs/epoch_NNN.pth, for `pose average-weights`"
+    )
 
     bg_weight: float = Field(0.1, ge=0, description="tradeoff loss: weight of non-keypoint pixels (1: plain MSE)")
     min_center_area: float | None = Field(

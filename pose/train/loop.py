@@ -2,7 +2,8 @@
 
 A run folder holds ``last.pth`` (everything needed to resume), ``model.pth`` (weights in the format
 ``pose predict`` and the service load), ``log.csv`` (loss every ``log_every`` steps) and ``metrics.json``
-(validation AP/AR per evaluated epoch).
+(validation AP/AR per evaluated epoch); with ``keep_epoch_weights``, ``epochs/epoch_NNN.pth`` too, the
+input of ``pose average-weights``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pose.train import distributed
 from pose.train.config import TrainConfig
 from pose.train.init import init_weights, load_pretrained
 
-__all__ = ["TrainResult", "train", "evaluate_model"]
+__all__ = ["TrainResult", "train", "evaluate_model", "epoch_weights_path"]
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("epoch", "step", "global_step", "lr", "loss", "heatmap_loss", "offset_loss", "images_per_s")
@@ -59,6 +60,11 @@ def evaluate_model(
     results = predict_dataset(estimator, annotations, images)
     model.train(was_training)
     return evaluate_keypoints(annotations, results, model_cfg.keypoints.dataset, model_cfg.keypoints.sigmas)
+
+
+def epoch_weights_path(run: Path, epoch: int) -> Path:
+    """Where ``keep_epoch_weights`` saves the weights at the end of 1-based ``epoch``."""
+    return run / "epochs" / f"epoch_{epoch:03d}.pth"
 
 
 def _check_finite(loss: Tensor, ctx: distributed.DistContext, epoch: int, step: int) -> None:
@@ -211,6 +217,10 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
             metrics_path.write_text(json.dumps({str(k): v for k, v in metrics.items()}, indent=2))
         if ctx.is_main:
             save_checkpoint(model, out / "model.pth", model_cfg.name, epoch=epoch, global_step=global_step)
+            if cfg.keep_epoch_weights:
+                save_checkpoint(
+                    model, epoch_weights_path(out, epoch + 1), model_cfg.name, epoch=epoch, global_step=global_step
+                )
             save_atomic(
                 {
                     "model": model.state_dict(),
