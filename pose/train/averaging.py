@@ -1,6 +1,6 @@
 """Weight averaging over a run's last epochs (SWA-style), then fresh batch-norm statistics.
 
-Late in a run Adam keeps circling a flat basin instead of settling in it; the uniform mean of the weights
+Late in a run Adam tends to circle a flat basin instead of settling in it; the uniform mean of the weights
 saved at the ends of those epochs sits nearer the basin's centre and generalizes better than any one of
 them (Izmailov et al., "Averaging Weights Leads to Wider Optima", 2018). Batch-norm statistics do not
 average: the mean of running variances is not the variance of the averaged network's activations, so
