@@ -3,12 +3,15 @@
 Each program computes a tile of output pixels x output channels of one image. For each of the 9 taps it
 derives the sampling point from the pixel's 2x2 matrix, then walks the input channels in blocks: the four
 bilinear corners are gathered (zero outside the image, the mmdet rule), blended, and multiplied with the
-kernel slice by ``tl.dot`` (tensor cores in float16, exact IEEE products in float32). Used by the torch
-backend on CUDA and compiled ahead of time for the TensorRT plugin. On a CPU it runs under
-``TRITON_INTERPRET=1`` (tests, small shapes).
+kernel slice by ``tl.dot`` (tensor cores in float16 and bfloat16, exact IEEE products in float32). Used by
+the torch backend on CUDA and compiled ahead of time for the TensorRT plugin. On a CPU it runs under
+``TRITON_INTERPRET=1`` (tests, small shapes), and :func:`compile_ahead` builds it for a GPU that is not
+there, which is how CI catches compile errors.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
@@ -18,6 +21,8 @@ from torch import Tensor
 from pose.ops.adaptive_conv import register_implementation
 
 BLOCK_P, BLOCK_C, BLOCK_O = 64, 16, 32
+# The tensor types the kernel is built for, as Triton's signature strings.
+POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
 @triton.jit
@@ -34,7 +39,7 @@ def adaptive_conv_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_O: tl.constexpr,
-    HALF: tl.constexpr,
+    LOW_PRECISION: tl.constexpr,  # 16-bit tensors: tensor-core products in that type, float32 sums
 ):
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -54,8 +59,8 @@ def adaptive_conv_kernel(
     x_base = x_ptr + b * C * hw
     acc = tl.zeros((BLOCK_P, BLOCK_O), dtype=tl.float32)
     for k in tl.static_range(9):
-        gy: tl.constexpr = k // 3 - 1
-        gx: tl.constexpr = k % 3 - 1
+        gy = k // 3 - 1  # k is a compile-time constant, so are these (an annotation would re-bind a constexpr)
+        gx = k % 3 - 1
         py = oy + gy * dilation + (t00 * gy + t01 * gx - gy)
         px = ox + gx * dilation + (t10 * gy + t11 * gx - gx)
         inside = p_ok & (py > -1.0) & (px > -1.0) & (py < H) & (px < W)
@@ -91,8 +96,8 @@ def adaptive_conv_kernel(
             wt = tl.load(
                 w_ptr + o[None, :] * (C * 9) + c[:, None] * 9 + k, mask=c_ok[:, None] & o_ok[None, :], other=0.0
             )
-            if HALF:
-                acc += tl.dot(v.to(tl.float16), wt.to(tl.float16))
+            if LOW_PRECISION:
+                acc += tl.dot(v.to(y_ptr.dtype.element_ty), wt.to(y_ptr.dtype.element_ty))
             else:
                 acc += tl.dot(v, wt.to(tl.float32), input_precision="ieee")
     out = y_ptr + b * O * hw + o[None, :] * hw + p[:, None]
@@ -100,11 +105,13 @@ def adaptive_conv_kernel(
 
 
 def adaptive_conv_triton(x: Tensor, affine: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
-    """Same contract as :func:`pose.ops.adaptive_conv` (float32 or float16 in, same dtype out)."""
+    """Same contract as :func:`pose.ops.adaptive_conv` (float32, float16 or bfloat16 in, same dtype out)."""
+    if x.dtype not in POINTER_TYPES:
+        raise TypeError(f"the fused adaptive convolution takes {sorted(map(str, POINTER_TYPES))}, got {x.dtype}")
     b, c, h, w = x.shape
     o = weight.shape[0]
     x = x.contiguous()
-    affine = affine.contiguous()
+    affine = affine.to(x.dtype).contiguous()
     weight = weight.to(x.dtype).contiguous()
     y = torch.empty(b, o, h, w, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(h * w, BLOCK_P), triton.cdiv(o, BLOCK_O), b)
@@ -121,9 +128,34 @@ def adaptive_conv_triton(x: Tensor, affine: Tensor, weight: Tensor, dilation: in
         BLOCK_P=BLOCK_P,
         BLOCK_C=BLOCK_C,
         BLOCK_O=BLOCK_O,
-        HALF=x.dtype == torch.float16,
+        LOW_PRECISION=x.dtype != torch.float32,
     )
     return y
+
+
+def compile_ahead(dtype: torch.dtype, target: Any = None) -> Any:
+    """Compile the kernel for ``dtype`` without launching it: to PTX and cubin for ``target``.
+
+    ``target`` is a ``triton.backends.compiler.GPUTarget`` (e.g. ``GPUTarget("cuda", 90, 32)``); without it,
+    the current GPU. Needs no GPU when a target is given, so it runs in CI; the TensorRT plugin embeds the
+    PTX it returns. Not under ``TRITON_INTERPRET``, which never compiles.
+    """
+    ty = POINTER_TYPES[dtype]
+    scalars = dict.fromkeys(("C", "H", "W", "O", "dilation"), "i32")
+    constexprs = {"BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C, "BLOCK_O": BLOCK_O, "LOW_PRECISION": dtype != torch.float32}
+    source = triton.compiler.ASTSource(
+        fn=adaptive_conv_kernel,
+        signature={
+            "x_ptr": ty,
+            "affine_ptr": ty,
+            "w_ptr": ty,
+            **scalars,
+            "y_ptr": ty,
+            **dict.fromkeys(constexprs, "constexpr"),
+        },
+        constexprs=constexprs,
+    )
+    return triton.compile(source, target=target)
 
 
 register_implementation("triton", adaptive_conv_triton)

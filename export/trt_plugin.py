@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import tensorrt as trt
 import tensorrt.plugin as trtp
-import triton
+import torch
 
-from export.triton_kernel import BLOCK_C, BLOCK_O, BLOCK_P, adaptive_conv_kernel
+from export.triton_kernel import BLOCK_O, BLOCK_P, compile_ahead
 
 PLUGIN_ID = "pose::AdaptiveConv"
 
@@ -47,28 +47,7 @@ def adaptive_conv_aot(
     tactic: int,
 ) -> tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
     """PTX of the fused kernel for this type, its grid over (pixels, output channels, batch), scalars."""
-    half = x.dtype == trt.float16
-    ty = "*fp16" if half else "*fp32"
-    source = triton.compiler.ASTSource(
-        fn=adaptive_conv_kernel,
-        signature={
-            "x_ptr": ty,
-            "affine_ptr": ty,
-            "w_ptr": ty,
-            "C": "i32",
-            "H": "i32",
-            "W": "i32",
-            "O": "i32",
-            "dilation": "i32",
-            "y_ptr": ty,
-            "BLOCK_P": "constexpr",
-            "BLOCK_C": "constexpr",
-            "BLOCK_O": "constexpr",
-            "HALF": "constexpr",
-        },
-        constexprs={"BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C, "BLOCK_O": BLOCK_O, "HALF": half},
-    )
-    compiled = triton.compile(source)
+    compiled = compile_ahead(torch.float16 if x.dtype == trt.float16 else torch.float32)
     b, c, h, w = (x.shape_expr[i] for i in range(4))
     o = weight.shape_expr[0]
     launch = trtp.KernelLaunchParams()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +15,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 from export.triton_kernel import adaptive_conv_triton  # noqa: E402
 from pose.ops.adaptive_conv import adaptive_conv, use_implementation  # noqa: E402
+
+from .conftest import ROOT  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -44,9 +51,45 @@ def test_registered_as_a_swappable_implementation() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
 def test_kernel_on_gpu_at_head_sizes(dtype: torch.dtype, tol: float) -> None:
     x, affine, weight = inputs(2, 256, 128, 192, 256, spread=0.15, seed=0)
     want = adaptive_conv(x.double(), affine.double(), weight.double(), 1).float()
     got = adaptive_conv_triton(x.to(dtype), affine.to(dtype), weight.to(dtype), 1).float()
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+# Compiles in a child process: this one runs Triton under TRITON_INTERPRET, which never compiles.
+_COMPILE_FOR_TARGETS = """
+import json, sys, torch
+from triton.backends.compiler import GPUTarget
+from export.triton_kernel import compile_ahead
+report = {}
+for arch in (80, 90):
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        kernel = compile_ahead(dtype, GPUTarget("cuda", arch, 32))
+        report[f"sm_{arch} {dtype}"] = {
+            "ptx_target": ".target sm_%d" % arch in kernel.asm["ptx"],
+            "cubin_bytes": len(kernel.asm["cubin"]),
+            "shared": kernel.metadata.shared,
+        }
+json.dump(report, sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_ahead_of_time_for_ampere_and_hopper() -> None:
+    """A compile error (the interpreter accepts code that the compiler rejects) fails here without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_TARGETS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert sorted(report) == sorted(
+        f"sm_{a} {d}" for a in (80, 90) for d in ("torch.float32", "torch.float16", "torch.bfloat16")
+    )
+    for name, kernel in report.items():
+        assert kernel["ptx_target"], name
+        assert kernel["cubin_bytes"] > 1000, name
+        assert kernel["shared"] <= 99 * 1024, name  # fits the opt-in shared memory of an A100 or H100 block
