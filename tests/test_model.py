@@ -10,8 +10,9 @@ import torch
 from pose.config import load_model_config
 from pose.models.hrnet import AdaptiveBlock, create_model
 from pose.ops import deform_conv3x3
+from pose.ops.adaptive_conv import REGULAR_GRID, regular_grid
 
-from .conftest import ROOT, SHARED
+from .conftest import FIXTURES, ROOT, SHARED
 
 REPO = ROOT / "model_repo"
 
@@ -111,3 +112,39 @@ def test_adaptive_block_equals_the_hand_written_formula() -> None:
         )
         y = block.bn2(deform_conv3x3(y, offsets(block.transform_matrix_conv2(x)), block.stn_conv2.weight, 2))
         torch.testing.assert_close(block(x), torch.relu(y + x))
+
+
+@pytest.mark.parametrize("name", ["hrnet_w32_coco_512", "higher_hrnet_w48_coco_640"])
+def test_forward_makes_no_host_device_copies(name: str) -> None:
+    """CUDA-graph capture needs a forward that only touches its inputs, parameters and buffers.
+
+    Fake tensors hold no data: any real tensor the forward reaches for (a module-level constant copied to
+    the device, say) raises here, on a CPU. The full-size networks cost nothing this way.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+
+    with torch.device("meta"):
+        model = create_model(load_model_config(REPO / name)).eval()
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with FakeTensorMode(allow_non_fake_inputs=False):
+        fake = {key: torch.empty(t.shape, dtype=t.dtype) for key, t in tensors.items()}
+        out = functional_call(model, fake, (torch.empty(2, 3, 512, 512),))
+    assert tuple(out.heatmaps.shape) == (2, 18, 128, 128)
+    assert tuple(out.offsets.shape) == (2, 34, 128, 128)
+
+
+def test_forward_compiles_to_one_graph() -> None:
+    """No graph breaks: torch.compile and CUDA graphs see the whole network at once."""
+    import torch._dynamo
+
+    model = create_model(load_model_config(FIXTURES / "tiny_coco_w8_256.yaml")).eval()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.randn(1, 3, 64, 64))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_regular_grid_is_built_on_the_device_and_equals_the_constant() -> None:
+    like = torch.empty(0, dtype=torch.float64)
+    assert torch.equal(regular_grid(like), REGULAR_GRID.double())

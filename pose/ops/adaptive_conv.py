@@ -26,6 +26,7 @@ __all__ = [
     "affine_to_offsets",
     "deform_conv3x3",
     "register_implementation",
+    "regular_grid",
     "use_implementation",
 ]
 
@@ -33,6 +34,16 @@ __all__ = [
 REGULAR_GRID = torch.tensor(
     [[-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0], [-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0]]
 )
+
+
+def regular_grid(like: Tensor) -> Tensor:
+    """:data:`REGULAR_GRID` made on ``like``'s device in its dtype.
+
+    Built there rather than copied from the host, so a forward makes no host-device copy and can be
+    captured in a CUDA graph or traced under fake tensors.
+    """
+    k = torch.arange(9, device=like.device)
+    return torch.stack((torch.div(k, 3, rounding_mode="floor") - 1, k % 3 - 1)).to(like.dtype)
 
 
 def affine_to_offsets(affine: Tensor) -> Tensor:
@@ -46,7 +57,7 @@ def affine_to_offsets(affine: Tensor) -> Tensor:
         Tensor[B, 18, H, W]: channel ``2k`` is ``dy`` and ``2k + 1`` is ``dx`` of tap ``k``.
     """
     torch._assert(affine.dim() == 4 and affine.shape[1] == 4, f"affine must be (B, 4, H, W), got {tuple(affine.shape)}")
-    grid = REGULAR_GRID.to(device=affine.device, dtype=affine.dtype)
+    grid = regular_grid(affine)
     gy = grid[0].view(1, 9, 1, 1)
     gx = grid[1].view(1, 9, 1, 1)
     t00, t01, t10, t11 = affine[:, 0:1], affine[:, 1:2], affine[:, 2:3], affine[:, 3:4]
@@ -78,7 +89,7 @@ def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, dilation: int = 1)
         weight.dim() == 4 and weight.shape[1:] == (c, 3, 3),
         f"weight must be (O, {c}, 3, 3), got {tuple(weight.shape)}",
     )
-    grid = REGULAR_GRID.to(device=x.device, dtype=x.dtype) * dilation
+    grid = regular_grid(x) * dilation
     off = offset.view(b, 9, 2, h, w)
     rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, h, 1)
     cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, w)
