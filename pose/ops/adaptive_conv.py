@@ -158,7 +158,10 @@ def adaptive_conv(x: Tensor, affine: Tensor, weight: Tensor, dilation: int = 1) 
 
 
 class AdaptiveConv2d(nn.Module):
-    """Holds the 3x3 kernel of an adaptive convolution; the affine field comes from the caller."""
+    """Holds the 3x3 kernel of an adaptive convolution; the affine field comes from the caller.
+
+    No bias, as in the authors' code; one appears only when inference folds the following batch norm in.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
         super().__init__()
@@ -166,6 +169,8 @@ class AdaptiveConv2d(nn.Module):
             raise ValueError(f"dilation must be >= 1, got {dilation}")
         self.dilation = dilation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.bias: nn.Parameter | None
+        self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -177,8 +182,11 @@ class AdaptiveConv2d(nn.Module):
             # Mixed-precision training: sampling positions in float16 would round away small learned
             # deformations (1/16 px steps on a 128-160 px grid), so this op runs in float32.
             with torch.autocast(x.device.type, enabled=False):
-                return adaptive_conv(x.float(), affine.float(), self.weight.float(), self.dilation)
-        return adaptive_conv(x, affine, self.weight, self.dilation)
+                return self._add_bias(adaptive_conv(x.float(), affine.float(), self.weight.float(), self.dilation))
+        return self._add_bias(adaptive_conv(x, affine, self.weight, self.dilation))
+
+    def _add_bias(self, y: Tensor) -> Tensor:
+        return y if self.bias is None else y + self.bias.to(y.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         out_c, in_c = self.weight.shape[:2]
