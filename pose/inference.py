@@ -66,12 +66,11 @@ def flip_test(
     For HigherHRNet the keypoint channels are the mean of the 2x head and the upsampled 4x heatmaps, and a
     third pass with a 1-pixel shift provides the flipped 2x heatmap, as in the authors' code.
     """
-    out: PoseOutput = model(x)
-    heat, kpts = _combine(out, out.heatmaps_2x)
     if flip_index is None:
-        return ScaleOutput(heat, kpts)
-    out_f: PoseOutput = model(_shifted_flip(x, flip_shift))
-    heat_2x_f = model(_shifted_flip(x, 1)).heatmaps_2x if out.heatmaps_2x is not None else None
+        out: PoseOutput = model(x)
+        return ScaleOutput(*_combine(out, out.heatmaps_2x))
+    out, out_f, heat_2x_f = _forward_with_flips(model, x, flip_shift)
+    heat, kpts = _combine(out, out.heatmaps_2x)
     heat_f, kpts_f = _combine(out_f, heat_2x_f)
     k = len(flip_index)
     heat_index = [*flip_index, *range(k, heat_f.shape[1])]
@@ -81,6 +80,23 @@ def flip_test(
     joints = torch.stack((w - joints[:, :, 0] - 1, joints[:, :, 1]), dim=2)  # w = the map's width
     kpts_f = torch.flip(joints.view(b, 2 * k, h, w), [3])
     return ScaleOutput((heat + heat_f) / 2, (kpts + kpts_f) / 2)
+
+
+def _forward_with_flips(
+    model: Callable[[Tensor], PoseOutput], x: Tensor, flip_shift: int
+) -> tuple[PoseOutput, PoseOutput, Tensor | None]:
+    """The plain and the mirrored pass as one forward of 2B images, split afterwards.
+
+    One launch sequence instead of two: on a GPU the batch fills the device and both passes share one CUDA
+    graph; every image is still computed on its own (eval-mode norms do not mix the batch). A 2x head also
+    needs the 1-pixel-shifted mirror's 2x heatmaps, a third pass.
+    """
+    b = x.shape[0]
+    both = model(torch.cat([x, _shifted_flip(x, flip_shift)]))
+    out = PoseOutput(*(t[:b] if t is not None else None for t in both))
+    out_f = PoseOutput(*(t[b:] if t is not None else None for t in both))
+    heat_2x_f = model(_shifted_flip(x, 1)).heatmaps_2x if both.heatmaps_2x is not None else None
+    return out, out_f, heat_2x_f
 
 
 def _combine(out: PoseOutput, heat_2x: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -96,3 +96,21 @@ def test_flip_test_permutes_channels_and_unflips() -> None:
     x2[0, 0, 0, 2] = 1.0
     shifted = flip_test(_Recorder(), x2, flip_index=[0, 2, 1], flip_shift=3)
     assert shifted.heatmaps[0, 0, 0].tolist() == [0, 0, 0.5, 0, 0, 0.5, 0, 0]
+
+
+def test_flip_test_runs_both_passes_as_one_batch_with_the_same_result() -> None:
+    """One forward of 2B images; each image's result equals what it gets alone."""
+    calls: list[int] = []
+
+    class Counting(_Recorder):
+        def forward(self, x: torch.Tensor) -> PoseOutput:
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    x = torch.rand(3, 3, 4, 8)
+    together = flip_test(Counting(), x, flip_index=[0, 2, 1], flip_shift=3)
+    assert calls == [6]
+    for i in range(3):
+        alone = flip_test(_Recorder(), x[i : i + 1], flip_index=[0, 2, 1], flip_shift=3)
+        assert torch.equal(together.heatmaps[i : i + 1], alone.heatmaps)
+        assert torch.equal(together.keypoints[i : i + 1], alone.keypoints)
