@@ -35,6 +35,20 @@ def adaptive_conv_kernel(
     W,
     O,  # noqa: E741 - the output-channel count, named like C, H, W
     dilation,
+    # Strides (batch, channel, pixel) in elements, so NCHW and channels-last tensors are read in place;
+    # the weight's are (output channel, input channel, tap).
+    x_sb,
+    x_sc,
+    x_sp,
+    a_sb,
+    a_sc,
+    a_sp,
+    w_so,
+    w_sc,
+    w_sk,
+    y_sb,
+    y_sc,
+    y_sp,
     y_ptr,  # inputs, then scalars, then outputs: the calling convention of TensorRT's AOT plugins
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -51,12 +65,12 @@ def adaptive_conv_kernel(
     ox = (p % W).to(tl.float32)
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = o < O
-    a_base = affine_ptr + b * 4 * hw
-    t00 = tl.load(a_base + p, mask=p_ok, other=0.0).to(tl.float32)
-    t01 = tl.load(a_base + hw + p, mask=p_ok, other=0.0).to(tl.float32)
-    t10 = tl.load(a_base + 2 * hw + p, mask=p_ok, other=0.0).to(tl.float32)
-    t11 = tl.load(a_base + 3 * hw + p, mask=p_ok, other=0.0).to(tl.float32)
-    x_base = x_ptr + b * C * hw
+    a_base = affine_ptr + b * a_sb + p * a_sp
+    t00 = tl.load(a_base, mask=p_ok, other=0.0).to(tl.float32)
+    t01 = tl.load(a_base + a_sc, mask=p_ok, other=0.0).to(tl.float32)
+    t10 = tl.load(a_base + 2 * a_sc, mask=p_ok, other=0.0).to(tl.float32)
+    t11 = tl.load(a_base + 3 * a_sc, mask=p_ok, other=0.0).to(tl.float32)
+    x_base = x_ptr + b * x_sb
     acc = tl.zeros((BLOCK_P, BLOCK_O), dtype=tl.float32)
     for k in tl.static_range(9):
         gy = k // 3 - 1  # k is a compile-time constant, so are these (an annotation would re-bind a constexpr)
@@ -82,38 +96,45 @@ def adaptive_conv_kernel(
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             c_ok = c < C
-            base = x_base + c[None, :] * hw
-            v = w00[:, None] * tl.load(base + i00[:, None], mask=m00[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-            v += w01[:, None] * tl.load(base + (i00 + 1)[:, None], mask=m01[:, None] & c_ok[None, :], other=0.0).to(
+            base = x_base + c[None, :] * x_sc
+            c_in = c_ok[None, :]
+            v = w00[:, None] * tl.load(base + (i00 * x_sp)[:, None], mask=m00[:, None] & c_in, other=0.0).to(tl.float32)
+            v += w01[:, None] * tl.load(base + ((i00 + 1) * x_sp)[:, None], mask=m01[:, None] & c_in, other=0.0).to(
                 tl.float32
             )
-            v += w10[:, None] * tl.load(base + (i00 + W)[:, None], mask=m10[:, None] & c_ok[None, :], other=0.0).to(
+            v += w10[:, None] * tl.load(base + ((i00 + W) * x_sp)[:, None], mask=m10[:, None] & c_in, other=0.0).to(
                 tl.float32
             )
-            v += w11[:, None] * tl.load(base + (i00 + W + 1)[:, None], mask=m11[:, None] & c_ok[None, :], other=0.0).to(
+            v += w11[:, None] * tl.load(base + ((i00 + W + 1) * x_sp)[:, None], mask=m11[:, None] & c_in, other=0.0).to(
                 tl.float32
             )
             wt = tl.load(
-                w_ptr + o[None, :] * (C * 9) + c[:, None] * 9 + k, mask=c_ok[:, None] & o_ok[None, :], other=0.0
+                w_ptr + o[None, :] * w_so + c[:, None] * w_sc + k * w_sk, mask=c_ok[:, None] & o_ok[None, :], other=0.0
             )
             if LOW_PRECISION:
                 acc += tl.dot(v.to(y_ptr.dtype.element_ty), wt.to(y_ptr.dtype.element_ty))
             else:
                 acc += tl.dot(v, wt.to(tl.float32), input_precision="ieee")
-    out = y_ptr + b * O * hw + o[None, :] * hw + p[:, None]
+    out = y_ptr + b * y_sb + o[None, :] * y_sc + p[:, None] * y_sp
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
 
 
 def adaptive_conv_triton(x: Tensor, affine: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
-    """Same contract as :func:`pose.ops.adaptive_conv` (float32, float16 or bfloat16 in, same dtype out)."""
+    """Same contract as :func:`pose.ops.adaptive_conv` (float32, float16 or bfloat16 in, same dtype out).
+
+    NCHW and channels-last inputs are read in place, and the output takes the input's memory format, so a
+    channels-last network pays no layout copies around this op.
+    """
     if x.dtype not in POINTER_TYPES:
         raise TypeError(f"the fused adaptive convolution takes {sorted(map(str, POINTER_TYPES))}, got {x.dtype}")
     b, c, h, w = x.shape
     o = weight.shape[0]
-    x = x.contiguous()
-    affine = affine.to(x.dtype).contiguous()
-    weight = weight.to(x.dtype).contiguous()
-    y = torch.empty(b, o, h, w, device=x.device, dtype=x.dtype)
+    x, affine, weight = (_planar(t.to(x.dtype)) for t in (x, affine, weight))
+    channels_last = x.stride(1) == 1 and c > 1
+    y = torch.empty(
+        b, o, h, w, device=x.device, dtype=x.dtype,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )  # fmt: skip
     grid = (triton.cdiv(h * w, BLOCK_P), triton.cdiv(o, BLOCK_O), b)
     adaptive_conv_kernel[grid](
         x,
@@ -124,6 +145,10 @@ def adaptive_conv_triton(x: Tensor, affine: Tensor, weight: Tensor, dilation: in
         w,
         o,
         dilation,
+        *_strides(x),
+        *_strides(affine),
+        *_strides(weight),
+        *_strides(y),
         y,
         BLOCK_P=BLOCK_P,
         BLOCK_C=BLOCK_C,
@@ -131,6 +156,16 @@ def adaptive_conv_triton(x: Tensor, affine: Tensor, weight: Tensor, dilation: in
         LOW_PRECISION=x.dtype != torch.float32,
     )
     return y
+
+
+def _planar(t: Tensor) -> Tensor:
+    """``t`` itself when each channel's pixels sit at one stride apart (NCHW or channels last), else a copy."""
+    return t if t.stride(2) == t.shape[3] * t.stride(3) else t.contiguous()
+
+
+def _strides(t: Tensor) -> tuple[int, int, int]:
+    """(batch, channel, pixel) strides; for a weight, (output channel, input channel, tap)."""
+    return t.stride(0), t.stride(1), t.stride(3)
 
 
 def compile_ahead(dtype: torch.dtype, target: Any = None) -> Any:
@@ -141,7 +176,8 @@ def compile_ahead(dtype: torch.dtype, target: Any = None) -> Any:
     PTX it returns. Not under ``TRITON_INTERPRET``, which never compiles.
     """
     ty = POINTER_TYPES[dtype]
-    scalars = dict.fromkeys(("C", "H", "W", "O", "dilation"), "i32")
+    strides = ("x_sb", "x_sc", "x_sp", "a_sb", "a_sc", "a_sp", "w_so", "w_sc", "w_sk", "y_sb", "y_sc", "y_sp")
+    scalars = dict.fromkeys(("C", "H", "W", "O", "dilation", *strides), "i32")
     constexprs = {"BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C, "BLOCK_O": BLOCK_O, "LOW_PRECISION": dtype != torch.float32}
     source = triton.compiler.ASTSource(
         fn=adaptive_conv_kernel,

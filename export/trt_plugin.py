@@ -56,10 +56,10 @@ def adaptive_conv_aot(
     launch.grid_z = b
     launch.block_x = compiled.metadata.num_warps * 32
     launch.shared_mem = compiled.metadata.shared
-    scalars = trtp.SymIntExprs(5)
-    scalars[0] = trtp.SymInt32(c)
-    scalars[1] = trtp.SymInt32(h)
-    scalars[2] = trtp.SymInt32(w)
-    scalars[3] = trtp.SymInt32(o)
-    scalars[4] = trtp.SymInt32(dilation)
+    hw = h * w
+    # C, H, W, O, dilation, then (batch, channel, pixel) strides of the LINEAR (NCHW) x, affine, weight, y.
+    values = [c, h, w, o, dilation, c * hw, hw, 1, hw * 4, hw, 1, c * 9, 9, 1, o * hw, hw, 1]
+    scalars = trtp.SymIntExprs(len(values))
+    for i, value in enumerate(values):
+        scalars[i] = trtp.SymInt32(value)
     return compiled.metadata.name, compiled.asm["ptx"], launch, scalars

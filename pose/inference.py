@@ -93,10 +93,14 @@ def _forward_with_flips(
     """
     b = x.shape[0]
     both = model(torch.cat([x, _shifted_flip(x, flip_shift)]))
-    out = PoseOutput(*(t[:b] if t is not None else None for t in both))
-    out_f = PoseOutput(*(t[b:] if t is not None else None for t in both))
+    out = PoseOutput(both.heatmaps[:b], both.offsets[:b], _rows(both.heatmaps_2x, 0, b))
+    out_f = PoseOutput(both.heatmaps[b:], both.offsets[b:], _rows(both.heatmaps_2x, b, 2 * b))
     heat_2x_f = model(_shifted_flip(x, 1)).heatmaps_2x if both.heatmaps_2x is not None else None
     return out, out_f, heat_2x_f
+
+
+def _rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
+    return None if t is None else t[start:stop]
 
 
 def _combine(out: PoseOutput, heat_2x: Tensor | None) -> tuple[Tensor, Tensor]:

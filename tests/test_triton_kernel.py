@@ -42,6 +42,16 @@ def test_kernel_equals_the_torch_op_in_float32(shape: tuple[int, ...], dilation:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_channels_last_tensors_are_read_in_place_and_give_the_same_result() -> None:
+    """A channels-last network hands the op NHWC memory; the output keeps that layout, with no copies."""
+    x, affine, weight = inputs(2, 20, 6, 9, 35, spread=0.8, seed=7)
+    want = adaptive_conv_triton(x, affine, weight, 2)
+    nhwc = [t.to(memory_format=torch.channels_last) for t in (x, affine, weight)]
+    got = adaptive_conv_triton(*nhwc, 2)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_registered_as_a_swappable_implementation() -> None:
     x, affine, weight = inputs(1, 4, 4, 4, 4, spread=0.3, seed=1)
     with use_implementation("triton"):
