@@ -17,11 +17,11 @@ from fastapi.openapi.utils import get_openapi
 from pose.config import ModelConfig, load_model_config
 from pose.pipeline import BatchPipeline
 from pose.rescore import ScoringNet, load_scoring_net
-from service.backends import Backend, create_backend
+from service.backends import Backend, create_backend, describe_runtime
 from service.batcher import DynamicBatcher
 from service.errors import register_exception_handlers
 from service.metrics import Metrics
-from service.schemas import PoseRequest
+from service.schemas import PoseRequest, RuntimeInfo
 from service.settings import Settings
 
 log = logging.getLogger("pose.service")
@@ -37,6 +37,7 @@ class ServiceState:
     backend: Backend | None = None
     pipeline: BatchPipeline | None = None
     batcher: DynamicBatcher | None = None
+    runtime: RuntimeInfo | None = None  # what the backend runs, refreshed after each batch on CUDA
     ready: bool = False
 
 
@@ -52,14 +53,33 @@ def _load(settings: Settings) -> tuple[ModelConfig, Backend, BatchPipeline]:
     return config, backend, BatchPipeline(config, backend, scoring_net, backend.device)
 
 
+# Photo shapes whose network inputs are prepared before readiness when CUDA graphs are on: square, and
+# the usual landscape and portrait (4:3). Other shapes are recorded on first use.
+COMMON_SHAPES = ((640, 640), (480, 640), (640, 480))
+
+
 def _warm_up(state: ServiceState) -> None:
-    """Run every batch size the batcher can form (powers of two up to the maximum) once."""
+    """Run every batch size the batcher can form (powers of two up to the maximum) once.
+
+    With CUDA graphs, every common shape too, so their graphs are recorded before the pod is ready.
+    """
     assert state.pipeline is not None
     size = state.settings.max_batch_size
     sizes = sorted({min(2**i, size) for i in range(size.bit_length() + 1)})
-    image = np.zeros((480, 640, 3), np.uint8)
-    for n in sizes:
-        state.pipeline.run([image] * n, state.settings.flip, state.settings.scales)
+    graphs = getattr(state.backend, "graphs", None)
+    shapes = COMMON_SHAPES if graphs is not None else COMMON_SHAPES[1:2]
+    for h, w in shapes:
+        image = np.zeros((h, w, 3), np.uint8)
+        for n in sizes:
+            state.pipeline.run([image] * n, state.settings.flip, state.settings.scales)
+    _record_runtime(state)
+
+
+def _record_runtime(state: ServiceState) -> None:
+    assert state.backend is not None
+    settings = state.settings
+    state.runtime = describe_runtime(state.backend)
+    state.metrics.record_runtime(settings.backend, settings.device, state.runtime)
 
 
 def _run_batch(state: ServiceState):  # noqa: ANN202 - a closure with the batcher's signature
@@ -70,6 +90,7 @@ def _run_batch(state: ServiceState):  # noqa: ANN202 - a closure with the batche
         out = state.pipeline.run(images, settings.flip if flip is None else flip, settings.scales)
         if torch.cuda.is_available() and state.pipeline.device.type == "cuda":
             state.metrics.gpu_memory.set(torch.cuda.memory_allocated(state.pipeline.device))
+            _record_runtime(state)  # graphs recorded on first use of a shape, or dropped
         return out
 
     return run
@@ -83,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.config, state.backend, state.pipeline = await asyncio.to_thread(_load, settings)
+        _record_runtime(state)
         if settings.warmup:
             await asyncio.to_thread(_warm_up, state)
         state.batcher = DynamicBatcher(

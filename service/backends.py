@@ -1,21 +1,33 @@
-"""Network backends behind one interface: a callable from a normalized batch to :class:`PoseOutput`.
+"""Network runtimes behind one interface: a callable from a normalized batch to :class:`PoseOutput`.
 
-The rest of the path (preprocessing, flip test, grouping, scoring) is :class:`pose.pipeline.BatchPipeline`
-and is the same for every backend.
+PyTorch, ONNX Runtime and TensorRT live here, beside each other; ``export/`` only produces the files the
+last two load. The rest of the path (preprocessing, flip test, grouping, scoring) is
+:class:`pose.pipeline.BatchPipeline` and is the same for every backend.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from pose.checkpoint import load_weights
 from pose.config import ModelConfig
+from pose.models.fold import fold_batch_norms
 from pose.models.hrnet import PoseOutput, create_model
 from pose.ops.adaptive_conv import use_implementation
+from service.cuda_graphs import GraphedNetwork
+from service.schemas import RuntimeInfo
 from service.settings import Settings
+
+log = logging.getLogger("pose.service")
 
 
 class Backend(Protocol):
@@ -27,54 +39,210 @@ class Backend(Protocol):
     def __call__(self, x: Tensor) -> PoseOutput: ...
 
 
+@dataclass
+class RuntimeReport:
+    """What a backend actually runs, which can differ from what was asked (a fast path that failed)."""
+
+    precision: str = "float32"
+    adaptive_conv: str | None = None  # the torch backend's implementation
+    adaptive_conv_fallback: str | None = None  # why the fused kernel is not in use, when it was wanted
+    cuda_graphs: bool = False
+
+
 class TorchBackend:
-    """Eager PyTorch on CPU or CUDA; float16 on CUDA when asked (outputs returned in float32)."""
+    """PyTorch on CPU or CUDA, lean for inference.
+
+    Batch norms are folded into the convolutions at load. On CUDA the network runs channels-last, in
+    float16 when asked, through the fused adaptive-conv kernel once it has passed a self-check, and as
+    replayed CUDA graphs (:mod:`service.cuda_graphs`). Outputs are returned in float32.
+    """
 
     name = "torch"
 
     def __init__(self, config: ModelConfig, settings: Settings) -> None:
         self.device = torch.device(settings.device)
-        self.half = settings.half
+        self.dtype = torch.float16 if settings.half else torch.float32
         model = create_model(config)
         weights = settings.weights or config.resolve(config.weights)
         if weights is None:
             raise FileNotFoundError(f"model {config.name} names no weights; set POSE_WEIGHTS")
         load_weights(model, weights)
-        self.model = model.to(self.device).eval()
-        if self.half:
-            self.model = self.model.half()
-        self.adaptive_conv = _pick_adaptive_conv(settings.adaptive_conv, self.device)
+        model.eval()
+        fold_batch_norms(model)
+        cuda = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.model = model.to(self.device, self.dtype).to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes per graph: let cuDNN time its algorithms
+        self.adaptive_conv, fallback = select_adaptive_conv(settings.adaptive_conv, self.device, self.dtype)
+        use_graphs = cuda if settings.cuda_graphs is None else settings.cuda_graphs
+        if use_graphs and not cuda:
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.graphs = GraphedNetwork(self._forward, settings.cuda_graph_memory_mb * 2**20) if use_graphs else None
+        self.report = RuntimeReport(str(self.dtype).removeprefix("torch."), self.adaptive_conv, fallback, use_graphs)
+
+    def _forward(self, x: Tensor) -> PoseOutput:
+        with use_implementation(self.adaptive_conv):
+            return self.model(x)
 
     def __call__(self, x: Tensor) -> PoseOutput:
-        with use_implementation(self.adaptive_conv):
-            out = self.model(x.half() if self.half else x)
-        if not self.half:
+        x = x.to(self.device, self.dtype, memory_format=self.memory_format)
+        out = self.graphs(x) if self.graphs is not None else self._forward(x)
+        if self.dtype == torch.float32:
             return out
         heat_2x = out.heatmaps_2x.float() if out.heatmaps_2x is not None else None
         return PoseOutput(out.heatmaps.float(), out.offsets.float(), heat_2x)
 
 
-def _pick_adaptive_conv(choice: str, device: torch.device) -> str:
-    """The fused Triton kernel on CUDA when available, else the pure-torch op."""
+class OnnxRuntimeBackend:
+    """``(B, 3, H, W) -> PoseOutput`` through an ONNX Runtime session.
+
+    On CUDA the input and outputs stay on the GPU: they are torch tensors bound to the session by pointer,
+    so the decoder that follows reads them in place.
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self, path: str | Path, num_keypoints: int, device: str | torch.device = "cpu", stride: int = 4
+    ) -> None:
+        import onnxruntime as ort
+
+        if Path(path).suffix != ".onnx" or not Path(path).is_file():
+            raise FileNotFoundError(f"no ONNX model at {path}; run pose-export onnx first")
+        self.device = torch.device(device)
+        self.k = num_keypoints
+        self.stride = stride
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if self.device.type == "cuda"
+            else ["CPUExecutionProvider"]
+        )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeError("onnxruntime has no CUDA provider here; install onnxruntime-gpu or use device cpu")
+        self.report = RuntimeReport()
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: Tensor) -> PoseOutput:
+        b, _, h, w = x.shape
+        if self.device.type != "cuda":
+            heat, off = self.session.run(self.output_names, {self.input_name: x.float().cpu().numpy()})
+            return PoseOutput(torch.from_numpy(heat), torch.from_numpy(off))
+        x = x.float().contiguous()
+        heat = torch.empty(b, self.k + 1, h // self.stride, w // self.stride, device=self.device)
+        off = torch.empty(b, 2 * self.k, h // self.stride, w // self.stride, device=self.device)
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        binding.bind_input(self.input_name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        for name, t in zip(self.output_names, (heat, off), strict=True):
+            binding.bind_output(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return PoseOutput(heat, off)
+
+
+class TensorRTBackend:
+    """``(B, 3, H, W) -> PoseOutput`` through a deserialized engine on the current CUDA stream."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine: str | Path, num_keypoints: int, device: str | torch.device = "cuda") -> None:
+        engine = Path(engine)
+        if not engine.is_file():
+            raise FileNotFoundError(f"no TensorRT engine at {engine}; build it with pose-export tensorrt")
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError("the tensorrt backend needs a CUDA device")
+        import tensorrt as trt
+
+        import export.trt_plugin  # noqa: F401 - the plugin must be registered before deserializing
+        from export.tensorrt_engine import EngineMetadata, check_compatible, metadata_path
+
+        meta = EngineMetadata.model_validate(json.loads(metadata_path(engine).read_text()))
+        major, minor = torch.cuda.get_device_capability(self.device)
+        check_compatible(meta, trt.__version__, f"{major}.{minor}")
+        self.metadata = meta
+        self.report = RuntimeReport(precision=meta.precision)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(engine.read_bytes())
+        self.context = self.engine.create_execution_context()
+        self.profile = 0  # 0: landscape, 1: portrait (see profiles_for)
+        self.k = num_keypoints
+
+    def __call__(self, x: Tensor) -> PoseOutput:
+        x = x.to(self.device, torch.float32).contiguous()
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        profile = int(x.shape[2] > x.shape[3])
+        if profile != self.profile:
+            self.context.set_optimization_profile_async(profile, stream)
+            self.profile = profile
+        from export.tensorrt_engine import INPUT_NAME
+
+        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        outputs = {}
+        for name in ("heatmaps", "offsets"):
+            shape = tuple(self.context.get_tensor_shape(name))
+            outputs[name] = torch.empty(shape, device=self.device, dtype=torch.float32)
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        if not self.context.execute_async_v3(stream):
+            raise RuntimeError("TensorRT execution failed")
+        return PoseOutput(outputs["heatmaps"], outputs["offsets"])
+
+
+def describe_runtime(backend: Backend) -> RuntimeInfo:
+    """The backend's :class:`RuntimeReport` and the state of its CUDA graphs, for /v1/models and metrics."""
+    report: RuntimeReport = getattr(backend, "report", RuntimeReport())
+    graphs: GraphedNetwork | None = getattr(backend, "graphs", None)
+    return RuntimeInfo(
+        precision=report.precision,
+        adaptive_conv=report.adaptive_conv,
+        adaptive_conv_fallback=report.adaptive_conv_fallback,
+        cuda_graphs=report.cuda_graphs,
+        cuda_graphs_recorded=len(graphs.graphs) if graphs is not None else 0,
+        cuda_graph_memory_bytes=graphs.memory_bytes if graphs is not None else 0,
+        cuda_graph_memory_budget_bytes=graphs.memory_budget_bytes if graphs is not None else 0,
+    )
+
+
+def select_adaptive_conv(
+    choice: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    check: Callable[[torch.device, torch.dtype], object] | None = None,
+) -> tuple[str, str | None]:
+    """The adaptive-conv implementation to run, and why the fused kernel is not it when it was wanted.
+
+    ``auto`` tries the fused Triton kernel on CUDA: it is compiled and checked against the torch op at
+    start-up, and any failure falls back to the torch op with an error in the log, so an optional fast path
+    never stops the service. Only an explicit ``triton`` refuses to start without it.
+    """
     if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return "torch"
+        return "torch", None
     try:
-        import export.triton_kernel  # noqa: F401 - registers the "triton" implementation
-    except ImportError:
+        if check is None:
+            from export.triton_kernel import self_check
+
+            check = self_check
+        check(device, dtype)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err)[:300]}"
         if choice == "triton":
-            raise
-        return "torch"
-    return "triton"
+            raise RuntimeError(f"the fused adaptive convolution is unusable on {device} ({reason})") from err
+        log.error("the fused adaptive convolution is unusable on %s, using the torch op: %s", device, reason)
+        return "torch", reason
+    return "triton", None
 
 
 def create_backend(config: ModelConfig, settings: Settings) -> Backend:
-    """The configured runtime; ONNX and TensorRT come from export's runtime pieces."""
+    """The configured runtime, its files resolved from the settings, then the model config."""
     k = config.keypoints.num_keypoints
     if settings.backend == "torch":
         return TorchBackend(config, settings)
     if settings.backend == "onnx":
-        from export.onnx_runtime import OnnxRuntimeNetwork
-
         path = settings.onnx_path or next(
             (config.resolve(a.path) for a in config.onnx if a.variant == "portable"), None
         )
@@ -82,8 +250,7 @@ def create_backend(config: ModelConfig, settings: Settings) -> Backend:
             raise FileNotFoundError(
                 f"model {config.name} has no portable ONNX; run pose-export onnx or set POSE_ONNX_PATH"
             )
-        return OnnxRuntimeNetwork(path, k, settings.device, config.input.stride)
-    from export.tensorrt_runtime import TensorRTNetwork
+        return OnnxRuntimeBackend(path, k, settings.device, config.input.stride)
 
     engine = settings.engine_path
     if engine is None and settings.engine_cache is not None:
@@ -95,4 +262,4 @@ def create_backend(config: ModelConfig, settings: Settings) -> Backend:
         raise FileNotFoundError(
             "no TensorRT engine; build one with pose-export tensorrt, or set POSE_ENGINE_PATH or POSE_ENGINE_CACHE"
         )
-    return TensorRTNetwork(engine, k, settings.device)
+    return TensorRTBackend(engine, k, settings.device)

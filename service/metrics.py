@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.schemas import RuntimeInfo
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -36,3 +38,30 @@ class Metrics:
         self.queue_depth = Gauge("pose_queue_depth", "Requests waiting for a batch", registry=r)
         self.inflight = Gauge("pose_inflight_requests", "Requests being handled", registry=r)
         self.gpu_memory = Gauge("pose_gpu_memory_bytes", "CUDA memory allocated by the model's process", registry=r)
+        self.backend_info = Gauge(
+            "pose_backend_info",
+            "What the backend runs (1 on the combination in use); adaptive_conv_fallback=true: the fused kernel "
+            "failed its start-up check",
+            ["backend", "device", "precision", "adaptive_conv", "adaptive_conv_fallback", "cuda_graphs"],
+            registry=r,
+        )
+        self.cuda_graphs = Gauge("pose_cuda_graphs", "CUDA graphs held (batch bucket x input shape)", registry=r)
+        self.cuda_graph_memory = Gauge("pose_cuda_graph_memory_bytes", "Device memory the CUDA graphs hold", registry=r)
+        self.cuda_graph_budget = Gauge(
+            "pose_cuda_graph_memory_budget_bytes", "Device memory the CUDA graphs may hold", registry=r
+        )
+
+    def record_runtime(self, backend: str, device: str, runtime: RuntimeInfo) -> None:
+        """Publish what the backend runs and what its CUDA graphs hold (after start-up and each batch)."""
+        self.backend_info.clear()
+        self.backend_info.labels(
+            backend=backend,
+            device=device,
+            precision=runtime.precision,
+            adaptive_conv=runtime.adaptive_conv or "",
+            adaptive_conv_fallback=str(runtime.adaptive_conv_fallback is not None).lower(),
+            cuda_graphs=str(runtime.cuda_graphs).lower(),
+        ).set(1)
+        self.cuda_graphs.set(runtime.cuda_graphs_recorded)
+        self.cuda_graph_memory.set(runtime.cuda_graph_memory_bytes)
+        self.cuda_graph_budget.set(runtime.cuda_graph_memory_budget_bytes)

@@ -310,7 +310,7 @@ async def estimate_pose(
 async def list_models(request: Request, _: ApiKey) -> ModelsResponse:
     """The loaded model and its configuration."""
     state = _state(request)
-    if state.config is None:
+    if state.config is None or state.runtime is None:
         raise NotReadyError("the model is not loaded yet")
     cfg, settings = state.config, state.settings
     return ModelsResponse(
@@ -328,6 +328,7 @@ async def list_models(request: Request, _: ApiKey) -> ModelsResponse:
                 backend=settings.backend,
                 device=settings.device,
                 max_batch_size=settings.max_batch_size,
+                runtime=state.runtime,
             )
         ]
     )

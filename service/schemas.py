@@ -65,6 +65,20 @@ class PoseRequest(BaseModel):
     format: Literal["people", "coco"] | None = None
 
 
+class RuntimeInfo(BaseModel):
+    """What the backend actually runs, which can differ from the settings when a fast path failed."""
+
+    precision: str = Field(description="network precision: float32, float16 or bfloat16")
+    adaptive_conv: str | None = Field(None, description="adaptive-conv implementation of the torch backend")
+    adaptive_conv_fallback: str | None = Field(
+        None, description="why the fused kernel was wanted but is not in use (its start-up check failed)"
+    )
+    cuda_graphs: bool = Field(False, description="the network is replayed as CUDA graphs")
+    cuda_graphs_recorded: int = Field(0, description="graphs held now, one per batch bucket and input shape")
+    cuda_graph_memory_bytes: int = 0
+    cuda_graph_memory_budget_bytes: int = 0
+
+
 class ModelInfo(BaseModel):
     name: str
     version: int
@@ -78,6 +92,7 @@ class ModelInfo(BaseModel):
     backend: str
     device: str
     max_batch_size: int
+    runtime: RuntimeInfo
 
 
 class ModelsResponse(BaseModel):

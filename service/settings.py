@@ -29,7 +29,15 @@ class Settings(BaseSettings):
     device: str = "cpu"
     half: bool = Field(False, description="float16 network on CUDA")
     adaptive_conv: Literal["auto", "torch", "triton"] = Field(
-        "auto", description="adaptive-conv implementation of the torch backend (auto: the Triton kernel on CUDA)"
+        "auto",
+        description="adaptive-conv implementation of the torch backend (auto: the Triton kernel on CUDA if it "
+        "passes its start-up check, else the torch op; triton: refuse to start without the kernel)",
+    )
+    cuda_graphs: bool | None = Field(
+        None, description="replay the network as CUDA graphs, one per batch bucket and input shape (None: on CUDA)"
+    )
+    cuda_graph_memory_mb: int = Field(
+        32768, ge=0, description="device memory the CUDA graphs may hold; least recently used ones are dropped"
     )
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for more")

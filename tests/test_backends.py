@@ -1,0 +1,85 @@
+"""The torch backend as the service runs it: folded, checked fast paths, and what it reports running."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import service.backends
+from pose.api import PoseEstimator
+from service.app import create_app
+from service.backends import TorchBackend, select_adaptive_conv
+from service.settings import Settings
+
+from .conftest import ROOT
+
+MODEL = ROOT / "model_repo" / "synthetic_w16_256"
+CUDA = torch.device("cuda")
+
+
+def failing_check(device: torch.device, dtype: torch.dtype) -> None:
+    raise RuntimeError("constexpr cannot be reassigned")
+
+
+def test_auto_falls_back_to_the_torch_op_when_the_kernel_fails_its_check() -> None:
+    impl, reason = select_adaptive_conv("auto", CUDA, torch.float16, check=failing_check)
+    assert impl == "torch"
+    assert reason is not None and "constexpr cannot be reassigned" in reason
+
+
+def test_an_explicit_triton_choice_refuses_to_start_without_the_kernel() -> None:
+    with pytest.raises(RuntimeError, match="fused adaptive convolution is unusable"):
+        select_adaptive_conv("triton", CUDA, torch.float16, check=failing_check)
+
+
+def test_auto_uses_the_kernel_once_it_passes_and_never_checks_on_a_cpu() -> None:
+    checked: list[torch.device] = []
+    assert select_adaptive_conv("auto", CUDA, torch.float16, check=lambda d, t: checked.append(d)) == ("triton", None)
+    assert select_adaptive_conv("auto", torch.device("cpu"), torch.float32, check=failing_check) == ("torch", None)
+    assert select_adaptive_conv("torch", CUDA, torch.float16, check=failing_check) == ("torch", None)
+    assert checked == [CUDA]
+
+
+def test_kernel_self_check_passes_and_catches_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton", reason="triton is not installed")
+    import export.triton_kernel as kernel
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the Triton interpreter
+    assert kernel.self_check(device, torch.float32) < 1e-4
+    monkeypatch.setattr(
+        kernel, "adaptive_conv_triton", lambda x, a, w, d: torch.zeros_like(x[:, :1]).expand(-1, 40, -1, -1)
+    )
+    with pytest.raises(RuntimeError, match="differs from the torch op"):
+        kernel.self_check(device, torch.float32)
+
+
+def test_backend_gives_the_unfolded_network_outputs() -> None:
+    est = PoseEstimator.from_config(MODEL)
+    backend = TorchBackend(est.config, Settings(model=MODEL))
+    assert backend.report.adaptive_conv == "torch" and not backend.report.cuda_graphs
+    x = torch.rand(2, 3, 256, 320)
+    with torch.inference_mode():
+        want, got = est.model(x), backend(x)
+    for a, b in zip(got, want, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-4)
+
+
+def test_cuda_graphs_are_refused_on_a_cpu() -> None:
+    est = PoseEstimator.from_config(MODEL)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        TorchBackend(est.config, Settings(model=MODEL, cuda_graphs=True))
+
+
+def test_models_and_metrics_report_the_implementation_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that failed at start-up is visible to the operator, and the service still serves."""
+    monkeypatch.setattr(service.backends, "select_adaptive_conv", lambda *a: ("torch", "CompilationError: at 34:8"))
+    with TestClient(create_app(Settings(model=MODEL, warmup=False))) as client:
+        runtime = client.get("/v1/models").json()["models"][0]["runtime"]
+        metrics = client.get("/metrics").text
+    assert runtime["adaptive_conv"] == "torch"
+    assert runtime["adaptive_conv_fallback"] == "CompilationError: at 34:8"
+    assert runtime["precision"] == "float32" and runtime["cuda_graphs"] is False
+    line = next(m for m in metrics.splitlines() if m.startswith("pose_backend_info{"))
+    assert 'adaptive_conv="torch"' in line and 'adaptive_conv_fallback="true"' in line and line.endswith(" 1.0")
