@@ -14,9 +14,9 @@ import typer
 
 from bench.common import environment, time_call, write_report
 from export.onnx_export import export_onnx
-from export.onnx_runtime import OnnxRuntimeNetwork
 from pose.config import load_model_config
 from pose.models.hrnet import create_model
+from service.backends import OnnxRuntimeBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def main(
     path = onnx_path or Path(tempfile.mkdtemp()) / f"{model}.onnx"
     if not path.is_file():
         export_onnx(net, path, "portable", (h, w))
-    ort = OnnxRuntimeNetwork(path, cfg.keypoints.num_keypoints)
+    ort = OnnxRuntimeBackend(path, cfg.keypoints.num_keypoints)
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, h, w)

@@ -85,11 +85,11 @@ def network_rows(
         import tempfile
 
         from export.onnx_export import export_onnx
-        from export.onnx_runtime import OnnxRuntimeNetwork
+        from service.backends import OnnxRuntimeBackend
 
         path = Path(tempfile.mkdtemp()) / "model.onnx"
         export_onnx(net.cpu(), path, "portable", size)
-        ort = OnnxRuntimeNetwork(path, cfg.keypoints.num_keypoints, device)
+        ort = OnnxRuntimeBackend(path, cfg.keypoints.num_keypoints, device)
         for batch in batches:
             x = torch.randn(batch, 3, *size, device=device)
             t = time_call(lambda x=x: ort(x), repeat, device=device)

@@ -60,21 +60,21 @@ def verify(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the comparison as JSON")] = None,
 ) -> None:
     """Torch vs ONNX Runtime (and TensorRT): max/mean differences of raw outputs and OKS of final poses."""
-    from export.onnx_runtime import OnnxRuntimeNetwork
     from export.verify import compare
     from pose.pipeline import Network
     from pose.preprocess import image_to_tensor, plan_transform, resize_image
+    from service.backends import OnnxRuntimeBackend
 
     est = _load(model, weights)
     cfg = est.config
     path = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "portable"), None)
     if path is None:
         raise typer.BadParameter("no portable ONNX recorded in the config; pass --onnx")
-    candidates: dict[str, Network] = {"onnxruntime": OnnxRuntimeNetwork(path, cfg.keypoints.num_keypoints)}
+    candidates: dict[str, Network] = {"onnxruntime": OnnxRuntimeBackend(path, cfg.keypoints.num_keypoints)}
     if engine is not None:
-        from export.tensorrt_runtime import TensorRTNetwork
+        from service.backends import TensorRTBackend
 
-        candidates["tensorrt"] = TensorRTNetwork(engine, cfg.keypoints.num_keypoints)
+        candidates["tensorrt"] = TensorRTBackend(engine, cfg.keypoints.num_keypoints)
     pictures = [est.read_image(p) for p in images]
     t = plan_transform(pictures[0].shape[1], pictures[0].shape[0], cfg.input.size)
     inputs = image_to_tensor(resize_image(pictures[0], t), cfg.input)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pose.ops.adaptive_conv import register_implementation
+from pose.ops.adaptive_conv import affine_to_offsets, deform_conv3x3, register_implementation
 
 BLOCK_P, BLOCK_C, BLOCK_O = 64, 16, 32
 # The tensor types the kernel is built for, as Triton's signature strings.
@@ -166,6 +166,36 @@ def _planar(t: Tensor) -> Tensor:
 def _strides(t: Tensor) -> tuple[int, int, int]:
     """(batch, channel, pixel) strides; for a weight, (output channel, input channel, tap)."""
     return t.stride(0), t.stride(1), t.stride(3)
+
+
+# Largest error against the float64 torch op that the start-up check accepts, relative to the output's scale.
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def self_check(device: torch.device, dtype: torch.dtype) -> float:
+    """Compile and run the kernel on a small input, in both layouts, against the torch op in float64.
+
+    What a service runs at start-up before it trusts the kernel. Returns the largest error; raises
+    ``RuntimeError`` beyond :data:`SELF_CHECK_TOLERANCE` (a compile or launch error propagates as is).
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 24, 9, 13, generator=g, dtype=torch.float64)
+    affine = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64).view(1, 4, 1, 1)
+    affine = affine + 0.4 * torch.randn(2, 4, 9, 13, generator=g, dtype=torch.float64)
+    weight = torch.randn(40, 24, 3, 3, generator=g, dtype=torch.float64) / 15
+    want = deform_conv3x3(x, affine_to_offsets(affine), weight, 2)
+    tolerance = SELF_CHECK_TOLERANCE[dtype] * max(1.0, float(want.abs().max()))
+    error = 0.0
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xd, ad, wd = (t.to(device, dtype).contiguous(memory_format=layout) for t in (x, affine, weight))
+        got = adaptive_conv_triton(xd, ad, wd, 2).to("cpu", torch.float64)
+        error = max(error, float((got - want).abs().max()))
+        if not error <= tolerance:  # NaN fails too
+            raise RuntimeError(
+                f"the fused kernel differs from the torch op by {error:.3g} in {dtype} ({layout}); "
+                f"tolerance {tolerance:.3g}"
+            )
+    return error
 
 
 def compile_ahead(dtype: torch.dtype, target: Any = None) -> Any:

@@ -16,10 +16,10 @@ from onnx.reference import ReferenceEvaluator
 
 from export.custom_op import AdaptiveConvReference
 from export.onnx_export import export_onnx
-from export.onnx_runtime import OnnxRuntimeNetwork
 from pose.api import PoseEstimator
 from pose.config import load_model_config
 from pose.models.hrnet import create_model
+from service.backends import OnnxRuntimeBackend
 
 from .conftest import DATA, FIXTURES, PARITY, ROOT
 
@@ -55,7 +55,7 @@ def test_portable_w32_in_onnxruntime_equals_torch_at_two_sizes() -> None:
         proto = export_onnx(model, path, "portable", (256, 256))
         assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # standard ops only
         assert any(n.op_type == "GridSample" for n in proto.graph.node)
-        network = OnnxRuntimeNetwork(path, 17)
+        network = OnnxRuntimeBackend(path, 17)
         for size in ((256, 256), (256, 384)):
             x = torch.randn(2, 3, *size)
             with torch.no_grad():
@@ -83,7 +83,7 @@ def test_config_records_both_variants(tiny_repo: Path) -> None:
 def test_portable_tiny_matches_torch_on_a_real_photo(tiny_repo: Path) -> None:
     est = PoseEstimator.from_config(tiny_repo)
     cfg = est.config
-    network = OnnxRuntimeNetwork(cfg.resolve(cfg.onnx[0].path), 17)
+    network = OnnxRuntimeBackend(cfg.resolve(cfg.onnx[0].path), 17)
     image = est.read_image(DATA / "coco_sample" / "mmpose" / "000000000785.jpg")
     from pose.preprocess import image_to_tensor, plan_transform, resize_image
 

@@ -84,14 +84,14 @@ def test_build_policy_rebuilds_only_missing_or_stale_engines(tmp_path: Path) -> 
 def test_engine_from_the_plugin_onnx_matches_torch(tmp_path: Path) -> None:
     from export.onnx_export import export_onnx
     from export.tensorrt_engine import build_engine
-    from export.tensorrt_runtime import TensorRTNetwork
     from pose.models.hrnet import create_model
+    from service.backends import TensorRTBackend
 
     cfg = load_model_config(ROOT / "model_repo" / "hrnet_w32_coco_512")
     model = create_model(cfg).eval()
     export_onnx(model, tmp_path / "plugin.onnx", "plugin", (512, 512))
     build_engine(cfg, tmp_path / "plugin.onnx", tmp_path / "model.plan", fp16=False, max_batch=2)
-    network = TensorRTNetwork(tmp_path / "model.plan", 17)
+    network = TensorRTBackend(tmp_path / "model.plan", 17)
     x = torch.randn(2, 3, 512, 640)
     with torch.no_grad():
         want = model.cuda()(x.cuda())
