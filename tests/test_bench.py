@@ -56,3 +56,46 @@ def test_ablation_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
     text = table.read_text()
     assert text.startswith("# Training\n\nprose kept above the table\n")
     assert "| full |" in text and "| no_adaptive |" in text and "scoring net" not in text
+
+
+def test_gpu_check_refuses_without_a_gpu_and_renders_its_report() -> None:
+    """The check itself needs a GPU; its report rendering and pose matching run anywhere."""
+    import torch
+
+    from bench import gpu
+    from pose.pipeline import PoseResult
+
+    if not torch.cuda.is_available():
+        result = subprocess.run([sys.executable, "-m", "bench.gpu"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and "needs one GPU" in result.stdout
+    report = {
+        "environment": {"gpu": "H200", "torch": "2.x"},
+        "kernel_tests": {"summary": "30 passed"},
+        "network": [{"variant": "fp16", "batch": 1, "median_ms": 7.0, "images_per_s": 142.9}],
+        "pipeline": [
+            {
+                "batch": 32,
+                "ms_per_image": 2.0,
+                "images_per_s": 500,
+                "preprocess_ms": 1,
+                "network_ms": 2,
+                "grouping_ms": 3,
+            }
+        ],
+        "service": {"error": "RuntimeError: the service exited with 3"},
+        "agreement": {"cuda_fp16": {"poses": 10, "within_half_pixel": 0.9, "scenes_with_equal_counts": 7, "scenes": 8}},
+    }
+    text = gpu.markdown(report)
+    assert "| fp16 | 1 | 7.00 | 143 |" in text
+    assert "90.0% of 10 poses within 0.5 px, equal counts on 7 of 8 scenes" in text
+    assert "- service: RuntimeError: the service exited with 3" in text
+
+    def poses(points: list[list[float]]) -> PoseResult:
+        k = torch.tensor(points).view(-1, 1, 2).expand(-1, 17, 2)
+        kpts = torch.cat([k, torch.ones(k.shape[0], 17, 1)], dim=-1)
+        n = kpts.shape[0]
+        return PoseResult(kpts, kpts, torch.ones(n), torch.ones(n), torch.ones(n), torch.zeros(n, 4))
+
+    # Order does not matter; 0.4 px is within, 0.6 px is not.
+    assert gpu.match_poses(poses([[10, 10], [50, 50]]), poses([[50.4, 50], [10, 10]])) == (2, 2)
+    assert gpu.match_poses(poses([[10, 10], [50, 50]]), poses([[10.6, 10]])) == (0, 2)

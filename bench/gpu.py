@@ -1,0 +1,406 @@
+"""The one GPU check: kernels, network per variant, whole pipeline, the service under load, agreement.
+
+    python -m bench.gpu --out bench/results/gpu     # writes report.json and report.md there
+
+Runs from a clean checkout with what the README installs, in about 6 minutes on one GPU. Each section
+has its own time limit and its failure is written into the report; the next section still runs. The
+network is HRNet-W32 at 512 with seed-0 weights (speed does not depend on them); agreement uses the
+shipped synthetic model on drawn scenes, where poses mean something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from bench.common import environment, time_call, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+W32 = ROOT / "model_repo" / "hrnet_w32_coco_512"
+SYNTHETIC = ROOT / "model_repo" / "synthetic_w16_256"
+PHOTOS = ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"
+# (name, settings of the torch backend): the reference, then what the service runs on CUDA by default.
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("fp32 eager, torch op", {"half": False, "adaptive_conv": "torch", "cuda_graphs": False}),
+    ("fp16 eager, fused kernel", {"half": True, "adaptive_conv": "auto", "cuda_graphs": False}),
+    ("fp16 CUDA graphs, fused kernel (service default)", {"half": True, "adaptive_conv": "auto", "cuda_graphs": True}),
+]
+
+
+def _section(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
+    """Run one section, keeping its result, or its error, and its time."""
+    start = time.perf_counter()
+    print(f"== {name}", flush=True)
+    try:
+        report[name] = fn()
+    except Exception as err:  # noqa: BLE001 - the report says what broke; the next section runs
+        report[name] = {"error": f"{type(err).__name__}: {err}"[:2000], "traceback": traceback.format_exc()[-3000:]}
+    report[name + "_seconds"] = round(time.perf_counter() - start, 1)
+    print(f"   {report[name + '_seconds']} s", flush=True)
+
+
+def kernel_tests() -> dict[str, Any]:
+    """The kernel, graph and backend tests, run for real on this GPU (no interpreter)."""
+    tests = ["tests/test_triton_kernel.py", "tests/test_cuda_graphs.py", "tests/test_backends.py", "tests/test_fold.py"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    lines = run.stdout.strip().splitlines()
+    return {"returncode": run.returncode, "summary": lines[-1] if lines else "", "tail": run.stdout[-2500:]}
+
+
+def _w32_weights(folder: Path) -> Path:
+    from pose.config import load_model_config
+    from pose.models.hrnet import create_model
+
+    torch.manual_seed(0)
+    path = folder / "w32_seed0.pth"
+    torch.save(create_model(load_model_config(W32)).state_dict(), path)
+    return path
+
+
+def _backend(model: Path, weights: Path | None, device: str, **options: Any) -> Any:
+    from pose.config import load_model_config
+    from service.backends import TorchBackend
+    from service.settings import Settings
+
+    settings = Settings(model=model, weights=weights, device=device, **options)
+    return TorchBackend(load_model_config(model), settings)
+
+
+def network(weights: Path) -> list[dict[str, Any]]:
+    """Forward latency of each variant at batch 1, 8 and 32 (a 512x512 input)."""
+    rows = []
+    for name, options in VARIANTS:
+        backend = _backend(W32, weights, "cuda", **options)
+        for batch in (1, 8, 32):
+            x = torch.rand(batch, 3, 512, 512, device="cuda")
+            with torch.inference_mode():
+                timing = time_call(
+                    lambda b=backend, x=x: b(x), repeat=20 if batch < 32 else 10, warmup=3, device="cuda"
+                )
+            rows.append(
+                {
+                    "variant": name,
+                    "batch": batch,
+                    **timing,
+                    "images_per_s": batch * 1000 / timing["median_ms"],
+                    "adaptive_conv": backend.report.adaptive_conv,
+                    "fallback": backend.report.adaptive_conv_fallback,
+                }
+            )
+            print(f"   {name:50s} b{batch:<3d} {timing['median_ms']:8.2f} ms", flush=True)
+        del backend
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _images() -> list[np.ndarray]:
+    """The shared COCO sample photos when present, else drawn scenes of the same sizes."""
+    import cv2
+
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    if photos:
+        return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos]
+    return _scenes(4, (480, 640))
+
+
+def _scenes(n: int, size: tuple[int, int]) -> list[np.ndarray]:
+    from pose.data.synthetic import SceneConfig, render_scene
+
+    rng = np.random.default_rng(0)
+    return [render_scene(rng, SceneConfig(size=size, people=(2, 6)))[0][..., ::-1].copy() for _ in range(n)]
+
+
+def _pipeline(model: Path, backend: Any) -> Any:
+    from pose.config import load_model_config
+    from pose.pipeline import BatchPipeline
+    from pose.rescore import load_scoring_net
+
+    config = load_model_config(model)
+    rescore = config.resolve(config.rescore_weights)
+    scoring = None
+    if rescore is not None and rescore.is_file():
+        scoring = load_scoring_net(rescore, config.keypoints.score_feature_dim).to(backend.device)
+    return BatchPipeline(config, backend, scoring, backend.device)
+
+
+def pipeline(weights: Path) -> list[dict[str, Any]]:
+    """The whole path (warp, network with flip, grouping, scoring) per image at batch 1 and 32."""
+    backend = _backend(W32, weights, "cuda", half=True)
+    pipe = _pipeline(W32, backend)
+    images = _images()
+    rows = []
+    for batch in (1, 32):
+        chunk = [images[i % len(images)] for i in range(batch)]
+        for _ in range(3):
+            pipe.run(chunk)
+        torch.cuda.synchronize()
+        runs = []
+        for _ in range(10):
+            start = time.perf_counter()
+            _, timings = pipe.run(chunk)
+            torch.cuda.synchronize()
+            runs.append((time.perf_counter() - start, timings))
+        wall = statistics.median(r[0] for r in runs)
+        rows.append(
+            {
+                "batch": batch,
+                "ms_per_image": 1000 * wall / batch,
+                "images_per_s": batch / wall,
+                "preprocess_ms": 1000 * statistics.median(r[1].preprocess for r in runs),
+                "network_ms": 1000 * statistics.median(r[1].inference for r in runs),
+                "grouping_ms": 1000 * statistics.median(r[1].postprocess for r in runs),
+            }
+        )
+        print(f"   batch {batch}: {rows[-1]['ms_per_image']:.2f} ms/image", flush=True)
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _load(url: str, payloads: list[bytes], clients: int, seconds: float, cap: int) -> dict[str, Any]:
+    """``clients`` loops posting photos for ``seconds`` (at most ``cap`` requests); latency percentiles."""
+    import httpx
+
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    sent = 0
+
+    async def client(c: httpx.AsyncClient, k: int) -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and sent < cap:
+            sent += 1
+            start = time.perf_counter()
+            r = await c.post(
+                f"{url}/v1/pose", content=payloads[k % len(payloads)], headers={"content-type": "image/jpeg"}
+            )
+            latencies.append(1000 * (time.perf_counter() - start))
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            k += 1
+
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as c:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c, k) for k in range(clients)))
+        wall = time.perf_counter() - start
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "codes": codes,
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": pick(0.5),
+        "p99_ms": pick(0.99),
+    }
+
+
+def service(weights: Path) -> dict[str, Any]:
+    """``python -m service`` on this GPU with its CUDA defaults, loaded by 1, 8 and 64 loopback clients."""
+    import httpx
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "POSE_MODEL": str(W32),
+        "POSE_WEIGHTS": str(weights),
+        "POSE_DEVICE": "cuda",
+        "POSE_HALF": "true",
+        "POSE_HOST": "127.0.0.1",
+        "POSE_PORT": str(port),
+        "POSE_MAX_BATCH_SIZE": "32",
+        "POSE_QUEUE_LIMIT": "1024",
+        "POSE_REQUEST_TIMEOUT_S": "120",
+    }
+    env.pop("TRITON_INTERPRET", None)
+    log = Path(tempfile.gettempdir()) / "pose_gpu_check_service.log"
+    url = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=sink, stderr=sink)
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < 180:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("the service was not ready within 180 s")
+        out["ready_s"] = round(time.monotonic() - start, 1)
+        out["runtime"] = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]["runtime"]
+        payloads = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))] or [_jpeg(im) for im in _images()]
+        out["levels"] = []
+        for clients, seconds in ((1, 15), (8, 15), (64, 20)):
+            before = _batch_fill_counts(httpx.get(f"{url}/metrics", timeout=10).text)
+            level = asyncio.run(_load(url, payloads, clients, seconds, cap=20000))
+            after = _batch_fill_counts(httpx.get(f"{url}/metrics", timeout=10).text)
+            batches = after[1] - before[1]
+            level["mean_batch"] = (after[0] - before[0]) / batches if batches else None
+            out["levels"].append(level)
+            print(f"   {clients} clients: {level['images_per_s']:.1f} img/s, p99 {level['p99_ms']:.1f} ms", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out["exit_code"] = proc.returncode
+        out["log_tail"] = log.read_text()[-2000:]
+    return out
+
+
+def _batch_fill_counts(metrics: str) -> tuple[float, float]:
+    total = re.search(r"^pose_batch_size_sum (\S+)", metrics, re.M)
+    count = re.search(r"^pose_batch_size_count (\S+)", metrics, re.M)
+    return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", image[..., ::-1])[1].tobytes()
+
+
+def match_poses(reference: Any, other: Any) -> tuple[int, int]:
+    """Poses of ``reference`` with a pose of ``other`` whose median joint distance is under 0.5 px."""
+    if len(reference.keypoints) == 0 or len(other.keypoints) == 0:
+        return 0, len(reference.keypoints)
+    a = reference.keypoints[:, None, :, :2]
+    b = other.keypoints[None, :, :, :2]
+    distance = (a - b).norm(dim=-1).median(dim=-1).values  # (P_ref, P_other)
+    return int((distance.min(dim=1).values < 0.5).sum()), len(reference.keypoints)
+
+
+def agreement() -> dict[str, Any]:
+    """CUDA float32 and float16 poses against the CPU's on drawn scenes with the synthetic model."""
+    scenes = _scenes(8, (384, 512))
+    reference = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cpu")).run(scenes)[0]
+    out = {}
+    for name, half in (("cuda_fp32", False), ("cuda_fp16", True)):
+        got = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cuda", half=half)).run(scenes)[0]
+        matched = [match_poses(r, g) for r, g in zip(reference, got, strict=True)]
+        poses = sum(m[1] for m in matched)
+        out[name] = {
+            "poses": poses,
+            "within_half_pixel": sum(m[0] for m in matched) / max(1, poses),
+            "scenes_with_equal_counts": sum(
+                len(r.scores) == len(g.scores) for r, g in zip(reference, got, strict=True)
+            ),
+            "scenes": len(scenes),
+        }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"# GPU check: {env.get('gpu', '?')}, torch {env['torch']}", ""]
+    tests = report.get("kernel_tests", {})
+    lines += [f"Kernel, graph and backend tests: `{tests.get('summary', tests.get('error', '?'))}`", ""]
+    if isinstance(report.get("network"), list):
+        lines += ["| network variant (W32, 512x512) | batch | median ms | images/s |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {r['variant']} | {r['batch']} | {r['median_ms']:.2f} | {r['images_per_s']:.0f} |"
+            for r in report["network"]
+        ]
+        lines.append("")
+    if isinstance(report.get("pipeline"), list):
+        lines += [
+            "| pipeline (fp16, flip) batch | ms/image | images/s | warp ms | network ms | grouping ms |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['ms_per_image']:.2f} | {r['images_per_s']:.0f} | {r['preprocess_ms']:.1f} | "
+            f"{r['network_ms']:.1f} | {r['grouping_ms']:.1f} |"
+            for r in report["pipeline"]
+        ]
+        lines.append("")
+    svc = report.get("service", {})
+    if "levels" in svc:
+        lines += [
+            f"Service: ready after {svc['ready_s']} s, runtime {svc['runtime']}",
+            "",
+            "| clients | requests | images/s | p50 ms | p99 ms | mean batch | status codes |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in svc["levels"]:
+            fill = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
+            lines.append(
+                f"| {r['clients']} | {r['requests']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {fill} | {r['codes']} |"
+            )
+        lines.append("")
+    agree = report.get("agreement", {})
+    for name in ("cuda_fp32", "cuda_fp16"):
+        if name in agree:
+            a = agree[name]
+            lines.append(
+                f"- {name} vs CPU fp32: {100 * a['within_half_pixel']:.1f}% of {a['poses']} poses within 0.5 px, "
+                f"equal counts on {a['scenes_with_equal_counts']} of {a['scenes']} scenes"
+            )
+    errors = [f"- {k}: {v['error']}" for k, v in report.items() if isinstance(v, dict) and "error" in v]
+    if errors:
+        lines += ["", "Failed sections:", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    out: Annotated[Path, typer.Option(help="folder for report.json and report.md")] = ROOT / "bench/results/gpu",
+    skip: Annotated[list[str] | None, typer.Option(help="sections to skip")] = None,
+) -> None:
+    """Run every section on the GPU and write the report."""
+    if not torch.cuda.is_available():
+        typer.echo("no CUDA device: this check needs one GPU")
+        raise typer.Exit(2)
+    skip = skip or []
+    report: dict[str, Any] = {"environment": environment("cuda")}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = _w32_weights(Path(tmp))
+        sections: list[tuple[str, Callable[[], Any]]] = [
+            ("kernel_tests", kernel_tests),
+            ("network", lambda: network(weights)),
+            ("pipeline", lambda: pipeline(weights)),
+            ("service", lambda: service(weights)),
+            ("agreement", agreement),
+        ]
+        for name, fn in sections:
+            if name not in skip:
+                _section(report, name, fn)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out / "report.json", report)
+    (out / "report.md").write_text(markdown(report))
+    typer.echo(markdown(report))
+
+
+if __name__ == "__main__":
+    typer.run(main)
