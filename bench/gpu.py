@@ -5,7 +5,8 @@
 Runs from a clean checkout with what the README installs, in about 6 minutes on one GPU. Each section
 has its own time limit and its failure is written into the report; the next section still runs. The
 network is HRNet-W32 at 512 with seed-0 weights (speed does not depend on them); agreement uses the
-shipped synthetic model on drawn scenes, where poses mean something.
+shipped synthetic model on drawn scenes, where poses mean something. ``--smoke`` runs every section
+small on the CPU (the tiny test network, a few seconds of load) so CI keeps the script itself working.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,15 +33,51 @@ import typer
 from bench.common import environment, time_call, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-W32 = ROOT / "model_repo" / "hrnet_w32_coco_512"
 SYNTHETIC = ROOT / "model_repo" / "synthetic_w16_256"
 PHOTOS = ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"
 # (name, settings of the torch backend): the reference, then what the service runs on CUDA by default.
-VARIANTS: list[tuple[str, dict[str, Any]]] = [
+GPU_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("fp32 eager, torch op", {"half": False, "adaptive_conv": "torch", "cuda_graphs": False}),
     ("fp16 eager, fused kernel", {"half": True, "adaptive_conv": "auto", "cuda_graphs": False}),
     ("fp16 CUDA graphs, fused kernel (service default)", {"half": True, "adaptive_conv": "auto", "cuda_graphs": True}),
 ]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures: the full check on a GPU, or a small smoke run of the same code on a CPU."""
+
+    device: str = "cuda"
+    model: Path = ROOT / "model_repo" / "hrnet_w32_coco_512"
+    size: int = 512
+    batches: tuple[int, ...] = (1, 8, 32)
+    pipeline_batches: tuple[int, ...] = (1, 32)
+    max_batch: int = 32
+    load_levels: tuple[tuple[int, float], ...] = ((1, 15.0), (8, 15.0), (64, 20.0))  # (clients, seconds)
+    variants: tuple[tuple[str, dict[str, Any]], ...] = tuple(GPU_VARIANTS)
+    repeat: int = 10
+
+    @property
+    def half(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+SMOKE = Plan(
+    device="cpu",
+    model=ROOT / "tests" / "fixtures" / "tiny_coco_w8_256.yaml",
+    size=256,
+    batches=(1, 2),
+    pipeline_batches=(1, 2),
+    max_batch=2,
+    load_levels=((1, 2.0), (4, 2.0)),
+    variants=(("fp32 eager, torch op", {"half": False, "adaptive_conv": "torch", "cuda_graphs": False}),),
+    repeat=2,
+)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _section(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
@@ -70,13 +108,13 @@ def kernel_tests() -> dict[str, Any]:
     return {"returncode": run.returncode, "summary": lines[-1] if lines else "", "tail": run.stdout[-2500:]}
 
 
-def _w32_weights(folder: Path) -> Path:
+def _seed_weights(model: Path, folder: Path) -> Path:
     from pose.config import load_model_config
     from pose.models.hrnet import create_model
 
     torch.manual_seed(0)
-    path = folder / "w32_seed0.pth"
-    torch.save(create_model(load_model_config(W32)).state_dict(), path)
+    path = folder / "seed0.pth"
+    torch.save(create_model(load_model_config(model)).state_dict(), path)
     return path
 
 
@@ -89,17 +127,15 @@ def _backend(model: Path, weights: Path | None, device: str, **options: Any) -> 
     return TorchBackend(load_model_config(model), settings)
 
 
-def network(weights: Path) -> list[dict[str, Any]]:
-    """Forward latency of each variant at batch 1, 8 and 32 (a 512x512 input)."""
+def network(plan: Plan, weights: Path) -> list[dict[str, Any]]:
+    """Forward latency of each variant at each batch size (a square input)."""
     rows = []
-    for name, options in VARIANTS:
-        backend = _backend(W32, weights, "cuda", **options)
-        for batch in (1, 8, 32):
-            x = torch.rand(batch, 3, 512, 512, device="cuda")
+    for name, options in plan.variants:
+        backend = _backend(plan.model, weights, plan.device, **options)
+        for batch in plan.batches:
+            x = torch.rand(batch, 3, plan.size, plan.size, device=plan.device)
             with torch.inference_mode():
-                timing = time_call(
-                    lambda b=backend, x=x: b(x), repeat=20 if batch < 32 else 10, warmup=3, device="cuda"
-                )
+                timing = time_call(lambda b=backend, x=x: b(x), repeat=plan.repeat, warmup=2, device=plan.device)
             rows.append(
                 {
                     "variant": name,
@@ -112,7 +148,8 @@ def network(weights: Path) -> list[dict[str, Any]]:
             )
             print(f"   {name:50s} b{batch:<3d} {timing['median_ms']:8.2f} ms", flush=True)
         del backend
-        torch.cuda.empty_cache()
+        if plan.half:
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -146,22 +183,22 @@ def _pipeline(model: Path, backend: Any) -> Any:
     return BatchPipeline(config, backend, scoring, backend.device)
 
 
-def pipeline(weights: Path) -> list[dict[str, Any]]:
-    """The whole path (warp, network with flip, grouping, scoring) per image at batch 1 and 32."""
-    backend = _backend(W32, weights, "cuda", half=True)
-    pipe = _pipeline(W32, backend)
+def pipeline(plan: Plan, weights: Path) -> list[dict[str, Any]]:
+    """The whole path (warp, network with flip, grouping, scoring) per image, as the service runs it."""
+    backend = _backend(plan.model, weights, plan.device, half=plan.half)
+    pipe = _pipeline(plan.model, backend)
     images = _images()
     rows = []
-    for batch in (1, 32):
+    for batch in plan.pipeline_batches:
         chunk = [images[i % len(images)] for i in range(batch)]
-        for _ in range(3):
+        for _ in range(2):
             pipe.run(chunk)
-        torch.cuda.synchronize()
+        _sync(plan.device)
         runs = []
-        for _ in range(10):
+        for _ in range(plan.repeat):
             start = time.perf_counter()
             _, timings = pipe.run(chunk)
-            torch.cuda.synchronize()
+            _sync(plan.device)
             runs.append((time.perf_counter() - start, timings))
         wall = statistics.median(r[0] for r in runs)
         rows.append(
@@ -221,20 +258,20 @@ async def _load(url: str, payloads: list[bytes], clients: int, seconds: float, c
     }
 
 
-def service(weights: Path) -> dict[str, Any]:
-    """``python -m service`` on this GPU with its CUDA defaults, loaded by 1, 8 and 64 loopback clients."""
+def service(plan: Plan, weights: Path) -> dict[str, Any]:
+    """``python -m service`` with its defaults for the device, loaded by loopback clients at each level."""
     import httpx
 
     port = _free_port()
     env = {
         **os.environ,
-        "POSE_MODEL": str(W32),
+        "POSE_MODEL": str(plan.model),
         "POSE_WEIGHTS": str(weights),
-        "POSE_DEVICE": "cuda",
-        "POSE_HALF": "true",
+        "POSE_DEVICE": plan.device,
+        "POSE_HALF": str(plan.half).lower(),
         "POSE_HOST": "127.0.0.1",
         "POSE_PORT": str(port),
-        "POSE_MAX_BATCH_SIZE": "32",
+        "POSE_MAX_BATCH_SIZE": str(plan.max_batch),
         "POSE_QUEUE_LIMIT": "1024",
         "POSE_REQUEST_TIMEOUT_S": "120",
     }
@@ -261,7 +298,7 @@ def service(weights: Path) -> dict[str, Any]:
         out["runtime"] = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]["runtime"]
         payloads = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))] or [_jpeg(im) for im in _images()]
         out["levels"] = []
-        for clients, seconds in ((1, 15), (8, 15), (64, 20)):
+        for clients, seconds in plan.load_levels:
             before = _batch_fill_counts(httpx.get(f"{url}/metrics", timeout=10).text)
             level = asyncio.run(_load(url, payloads, clients, seconds, cap=20000))
             after = _batch_fill_counts(httpx.get(f"{url}/metrics", timeout=10).text)
@@ -302,13 +339,16 @@ def match_poses(reference: Any, other: Any) -> tuple[int, int]:
     return int((distance.min(dim=1).values < 0.5).sum()), len(reference.keypoints)
 
 
-def agreement() -> dict[str, Any]:
-    """CUDA float32 and float16 poses against the CPU's on drawn scenes with the synthetic model."""
-    scenes = _scenes(8, (384, 512))
+def agreement(plan: Plan) -> dict[str, Any]:
+    """The device's float32 (and on CUDA float16) poses against the CPU's, on drawn scenes with the
+    synthetic model."""
+    scenes = _scenes(8 if plan.half else 2, (384, 512))
     reference = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cpu")).run(scenes)[0]
     out = {}
-    for name, half in (("cuda_fp32", False), ("cuda_fp16", True)):
-        got = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cuda", half=half)).run(scenes)[0]
+    kinds = (("fp32", False), ("fp16", True)) if plan.half else (("fp32", False),)
+    for precision, half in kinds:
+        name = f"{plan.device.split(':')[0]}_{precision}"
+        got = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, plan.device, half=half)).run(scenes)[0]
         matched = [match_poses(r, g) for r, g in zip(reference, got, strict=True)]
         poses = sum(m[1] for m in matched)
         out[name] = {
@@ -324,11 +364,16 @@ def agreement() -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    lines = [f"# GPU check: {env.get('gpu', '?')}, torch {env['torch']}", ""]
-    tests = report.get("kernel_tests", {})
-    lines += [f"Kernel, graph and backend tests: `{tests.get('summary', tests.get('error', '?'))}`", ""]
+    smoke = " (smoke run on the CPU: sizes are not the check's)" if report.get("plan", {}).get("smoke") else ""
+    lines = [f"# GPU check: {env.get('gpu', env.get('cpu', '?'))}, torch {env['torch']}{smoke}", ""]
+    tests = report.get("kernel_tests")
+    if isinstance(tests, dict):
+        lines += [f"Kernel, graph and backend tests: `{tests.get('summary') or tests.get('error')}`", ""]
     if isinstance(report.get("network"), list):
-        lines += ["| network variant (W32, 512x512) | batch | median ms | images/s |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| network variant ({report['plan']['model']}, {report['plan']['size']}) | batch | median ms | images/s |",
+            "| --- | --- | --- | --- |",
+        ]
         lines += [
             f"| {r['variant']} | {r['batch']} | {r['median_ms']:.2f} | {r['images_per_s']:.0f} |"
             for r in report["network"]
@@ -336,7 +381,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if isinstance(report.get("pipeline"), list):
         lines += [
-            "| pipeline (fp16, flip) batch | ms/image | images/s | warp ms | network ms | grouping ms |",
+            f"| pipeline ({'fp16' if report.get('plan', {}).get('device', 'cuda') != 'cpu' else 'fp32'}, flip) batch "
+            "| ms/image | images/s | warp ms | network ms | grouping ms |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
@@ -361,9 +407,8 @@ def markdown(report: dict[str, Any]) -> str:
             )
         lines.append("")
     agree = report.get("agreement", {})
-    for name in ("cuda_fp32", "cuda_fp16"):
-        if name in agree:
-            a = agree[name]
+    for name, a in agree.items():
+        if isinstance(a, dict):
             lines.append(
                 f"- {name} vs CPU fp32: {100 * a['within_half_pixel']:.1f}% of {a['poses']} poses within 0.5 px, "
                 f"equal counts on {a['scenes_with_equal_counts']} of {a['scenes']} scenes"
@@ -377,21 +422,26 @@ def markdown(report: dict[str, Any]) -> str:
 def main(
     out: Annotated[Path, typer.Option(help="folder for report.json and report.md")] = ROOT / "bench/results/gpu",
     skip: Annotated[list[str] | None, typer.Option(help="sections to skip")] = None,
+    smoke: Annotated[bool, typer.Option(help="every section, small, on the CPU: checks the script")] = False,
 ) -> None:
-    """Run every section on the GPU and write the report."""
-    if not torch.cuda.is_available():
-        typer.echo("no CUDA device: this check needs one GPU")
+    """Run every section and write the report."""
+    plan = SMOKE if smoke else Plan()
+    if plan.half and not torch.cuda.is_available():
+        typer.echo("no CUDA device: this check needs one GPU (--smoke runs it small on the CPU)")
         raise typer.Exit(2)
-    skip = skip or []
-    report: dict[str, Any] = {"environment": environment("cuda")}
+    skip = [*(skip or []), *(["kernel_tests"] if smoke else [])]  # the interpreter is no test of the kernel
+    report: dict[str, Any] = {
+        "environment": environment(plan.device),
+        "plan": {"model": plan.model.name, "size": plan.size, "device": plan.device, "smoke": smoke},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        weights = _w32_weights(Path(tmp))
+        weights = _seed_weights(plan.model, Path(tmp))
         sections: list[tuple[str, Callable[[], Any]]] = [
             ("kernel_tests", kernel_tests),
-            ("network", lambda: network(weights)),
-            ("pipeline", lambda: pipeline(weights)),
-            ("service", lambda: service(weights)),
-            ("agreement", agreement),
+            ("network", lambda: network(plan, weights)),
+            ("pipeline", lambda: pipeline(plan, weights)),
+            ("service", lambda: service(plan, weights)),
+            ("agreement", lambda: agreement(plan)),
         ]
         for name, fn in sections:
             if name not in skip:

@@ -70,6 +70,7 @@ def test_gpu_check_refuses_without_a_gpu_and_renders_its_report() -> None:
         assert result.returncode == 2 and "needs one GPU" in result.stdout
     report = {
         "environment": {"gpu": "H200", "torch": "2.x"},
+        "plan": {"model": "hrnet_w32_coco_512", "size": 512, "device": "cuda", "smoke": False},
         "kernel_tests": {"summary": "30 passed"},
         "network": [{"variant": "fp16", "batch": 1, "median_ms": 7.0, "images_per_s": 142.9}],
         "pipeline": [
@@ -99,3 +100,18 @@ def test_gpu_check_refuses_without_a_gpu_and_renders_its_report() -> None:
     # Order does not matter; 0.4 px is within, 0.6 px is not.
     assert gpu.match_poses(poses([[10, 10], [50, 50]]), poses([[50.4, 50], [10, 10]])) == (2, 2)
     assert gpu.match_poses(poses([[10, 10], [50, 50]]), poses([[10.6, 10]])) == (0, 2)
+
+
+def test_gpu_check_smoke_run_fills_every_section(tmp_path: Path) -> None:
+    """The same script, small, on the CPU: a GPU session's few minutes are not spent on its bugs."""
+    run_module("bench.gpu", "--smoke", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    failed = {k: v["error"] for k, v in report.items() if isinstance(v, dict) and "error" in v}
+    assert failed == {}
+    assert [r["batch"] for r in report["network"]] == [1, 2]
+    assert all(r["median_ms"] > 0 for r in report["network"]) and all(r["ms_per_image"] > 0 for r in report["pipeline"])
+    levels = report["service"]["levels"]
+    assert [lv["clients"] for lv in levels] == [1, 4] and all(set(lv["codes"]) == {"200"} for lv in levels)
+    assert report["service"]["exit_code"] in (0, -15)  # a clean exit, or ended by the SIGTERM it was sent
+    assert report["agreement"]["cpu_fp32"]["within_half_pixel"] == 1.0  # the same device: the same poses
+    assert (tmp_path / "report.md").read_text().startswith("# GPU check")
