@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -53,3 +57,41 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         print(f"report -> {path}")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_service(
+    settings: dict[str, str | None], log: IO[str] | None = None, timeout_s: float = 300
+) -> tuple[str, subprocess.Popen]:
+    """``python -m service`` on a free loopback port with ``POSE_*`` settings; returns once it is ready.
+
+    A ``None`` value removes that variable from the inherited environment. Raises if the process exits or
+    is not ready in time (then it is killed).
+    """
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in {**os.environ, **settings}.items() if v is not None}
+    env.update(POSE_HOST="127.0.0.1", POSE_PORT=str(port))
+    sink = log if log is not None else subprocess.DEVNULL
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=root, env=env, stdout=sink, stderr=sink)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"the service was not ready within {timeout_s:.0f} s")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 import typer
 
-from bench.common import environment, time_call, write_report
+from bench.common import environment, start_service, time_call, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "model_repo" / "synthetic_w16_256"
@@ -215,12 +214,6 @@ def pipeline(plan: Plan, weights: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _load(url: str, payloads: list[bytes], clients: int, seconds: float, cap: int) -> dict[str, Any]:
     """``clients`` loops posting photos for ``seconds`` (at most ``cap`` requests); latency percentiles."""
     import httpx
@@ -262,38 +255,23 @@ def service(plan: Plan, weights: Path) -> dict[str, Any]:
     """``python -m service`` with its defaults for the device, loaded by loopback clients at each level."""
     import httpx
 
-    port = _free_port()
-    env = {
-        **os.environ,
+    settings: dict[str, str | None] = {
         "POSE_MODEL": str(plan.model),
         "POSE_WEIGHTS": str(weights),
         "POSE_DEVICE": plan.device,
         "POSE_HALF": str(plan.half).lower(),
-        "POSE_HOST": "127.0.0.1",
-        "POSE_PORT": str(port),
         "POSE_MAX_BATCH_SIZE": str(plan.max_batch),
         "POSE_QUEUE_LIMIT": "1024",
         "POSE_REQUEST_TIMEOUT_S": "120",
+        "TRITON_INTERPRET": None,  # compile the kernel for real
     }
-    env.pop("TRITON_INTERPRET", None)
     log = Path(tempfile.gettempdir()) / "pose_gpu_check_service.log"
-    url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {}
-    with log.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=sink, stderr=sink)
+    start = time.monotonic()
+    proc = None
     try:
-        start = time.monotonic()
-        while time.monotonic() - start < 180:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise TimeoutError("the service was not ready within 180 s")
+        with log.open("w") as sink:
+            url, proc = start_service(settings, sink, timeout_s=180)
         out["ready_s"] = round(time.monotonic() - start, 1)
         out["runtime"] = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]["runtime"]
         payloads = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))] or [_jpeg(im) for im in _images()]
@@ -307,12 +285,13 @@ def service(plan: Plan, weights: Path) -> dict[str, Any]:
             out["levels"].append(level)
             print(f"   {clients} clients: {level['images_per_s']:.1f} img/s, p99 {level['p99_ms']:.1f} ms", flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out["exit_code"] = proc.returncode
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            out["exit_code"] = proc.returncode
         out["log_tail"] = log.read_text()[-2000:]
     return out
 
