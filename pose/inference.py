@@ -65,21 +65,22 @@ def flip_test(
     regressed joints are permuted, their x mirrored as ``w - 1 - x`` and the map flipped back.
     For HigherHRNet the keypoint channels are the mean of the 2x head and the upsampled 4x heatmaps, and a
     third pass with a 1-pixel shift provides the flipped 2x heatmap, as in the authors' code.
+    Joints are mirrored and averaged on the regression grid, and only then brought to the heatmap grid:
+    ``w - 1 - x`` is not scale-invariant (mirroring after doubling would move every joint half a 2x pixel).
     """
     if flip_index is None:
         out: PoseOutput = model(x)
-        return ScaleOutput(*_combine(out, out.heatmaps_2x))
-    out, out_f, heat_2x_f = _forward_with_flips(model, x, flip_shift)
-    heat, kpts = _combine(out, out.heatmaps_2x)
-    heat_f, kpts_f = _combine(out_f, heat_2x_f)
-    k = len(flip_index)
-    heat_index = [*flip_index, *range(k, heat_f.shape[1])]
-    heat_f = torch.flip(heat_f, [3])[:, heat_index]
-    b, _, h, w = kpts_f.shape
-    joints = kpts_f.view(b, k, 2, h, w)[:, flip_index]
-    joints = torch.stack((w - joints[:, :, 0] - 1, joints[:, :, 1]), dim=2)  # w = the map's width
-    kpts_f = torch.flip(joints.view(b, 2 * k, h, w), [3])
-    return ScaleOutput((heat + heat_f) / 2, (kpts + kpts_f) / 2)
+        heat = _heatmaps(out, out.heatmaps_2x)
+        kpts = offsets_to_keypoints(out.offsets)
+    else:
+        out, out_f, heat_2x_f = _forward_with_flips(model, x, flip_shift)
+        heat = _heatmaps(out, out.heatmaps_2x)
+        heat_f = _heatmaps(out_f, heat_2x_f)
+        heat_index = [*flip_index, *range(len(flip_index), heat_f.shape[1])]
+        heat = (heat + torch.flip(heat_f, [3])[:, heat_index]) / 2
+        kpts_f = _unflip_keypoints(offsets_to_keypoints(out_f.offsets), flip_index)
+        kpts = (offsets_to_keypoints(out.offsets) + kpts_f) / 2
+    return ScaleOutput(heat, _keypoints_to_grid(kpts, (heat.shape[-2], heat.shape[-1])))
 
 
 def _forward_with_flips(
@@ -103,15 +104,32 @@ def _rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
     return None if t is None else t[start:stop]
 
 
-def _combine(out: PoseOutput, heat_2x: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One orientation's heatmaps and joint positions at the resolution of the finest heatmap."""
-    kpts = offsets_to_keypoints(out.offsets)
+def _unflip_keypoints(kpts: Tensor, flip_index: list[int]) -> Tensor:
+    """Joints regressed on a mirrored input, (B, 2K, h, w), back in the unmirrored frame of the same grid."""
+    b, _, h, w = kpts.shape
+    k = len(flip_index)
+    joints = kpts.view(b, k, 2, h, w)[:, flip_index]
+    joints = torch.stack((w - joints[:, :, 0] - 1, joints[:, :, 1]), dim=2)  # w = the regression grid's width
+    return torch.flip(joints.view(b, 2 * k, h, w), [3])
+
+
+def _keypoints_to_grid(kpts: Tensor, size: tuple[int, int]) -> Tensor:
+    """Joint positions (B, 2K, h, w) on a finer heatmap grid (authors' ``aggregate_results``).
+
+    Coordinates are multiplied by the integer factor (pixel ``i`` <-> finer pixel ``s * i``, no half-pixel
+    offset) and regression pixel ``i`` is copied to finer pixels ``s * i .. s * i + s - 1``.
+    Identity when the grids agree (4x models).
+    """
+    if tuple(kpts.shape[-2:]) == tuple(size):
+        return kpts
+    return F.interpolate(kpts * (size[0] / kpts.shape[-2]), size=size, mode="nearest")
+
+
+def _heatmaps(out: PoseOutput, heat_2x: Tensor | None) -> Tensor:
+    """One orientation's heatmaps at the finest resolution: HigherHRNet keypoints average both heads."""
     if heat_2x is None:
-        return out.heatmaps, kpts
+        return out.heatmaps
     size = heat_2x.shape[-2:]
     heat = up_interpolate(out.heatmaps, (size[0], size[1]))
     k = heat_2x.shape[1]
-    heat = torch.cat([(heat[:, :k] + heat_2x) / 2, heat[:, k:]], dim=1)
-    # Joint positions: coordinates doubled, 4x pixel i copied to 2x pixels 2i and 2i + 1.
-    kpts = F.interpolate(kpts * (size[0] / kpts.shape[-2]), size=size, mode="nearest")
-    return heat, kpts
+    return torch.cat([(heat[:, :k] + heat_2x) / 2, heat[:, k:]], dim=1)

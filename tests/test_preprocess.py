@@ -114,3 +114,25 @@ def test_flip_test_runs_both_passes_as_one_batch_with_the_same_result() -> None:
         alone = flip_test(_Recorder(), x[i : i + 1], flip_index=[0, 2, 1], flip_shift=3)
         assert torch.equal(together.heatmaps[i : i + 1], alone.heatmaps)
         assert torch.equal(together.keypoints[i : i + 1], alone.keypoints)
+
+
+class _HigherRecorder(torch.nn.Module):
+    """A fake HigherHRNet with zero offsets: every 4x pixel regresses itself, at any input."""
+
+    def forward(self, x: torch.Tensor) -> PoseOutput:
+        b, _, h, w = x.shape
+        h4, w4 = h // 4, w // 4
+        return PoseOutput(torch.zeros(b, 4, h4, w4), torch.zeros(b, 6, h4, w4), torch.zeros(b, 3, 2 * h4, 2 * w4))
+
+
+def test_higher_hrnet_flip_mirrors_joints_on_the_regression_grid() -> None:
+    # The flipped pass's joints are mirrored as w - 1 - x on the 4x grid, then doubled onto the 2x grid:
+    # 2x pixel j holds 2 * (j // 2) in both orientations. Mirroring on the 2x grid (2w - 1 - x) would put
+    # the flipped joint one 2x pixel right, and the average half a pixel right, everywhere.
+    out = flip_test(_HigherRecorder(), torch.zeros(1, 3, 8, 32), flip_index=[0, 2, 1], flip_shift=3)
+    assert out.heatmaps.shape == (1, 4, 4, 16) and out.keypoints.shape == (1, 6, 4, 16)
+    kpts = out.keypoints[0].view(3, 2, 4, 16)
+    xs = 2 * (torch.arange(16.0) // 2)
+    ys = 2 * (torch.arange(4.0) // 2)
+    assert torch.equal(kpts[:, 0], xs.expand(3, 4, 16))
+    assert torch.equal(kpts[:, 1], ys.view(4, 1).expand(3, 4, 16))
