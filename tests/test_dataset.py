@@ -25,6 +25,7 @@ from pose.data.transforms import (
     augment,
     eval_params,
     sample_params,
+    warp_labels,
     with_center,
 )
 from pose.loss import PoseLoss
@@ -191,6 +192,27 @@ def test_flip_keeps_the_authors_three_input_pixel_target_shift() -> None:
     assert np.argwhere(img[..., 0] == 255).tolist() == [[40, S - 1 - 20]]
     assert out[0, 0, 0] == pytest.approx(R - 20 / 4 - 1)
     assert (S - 1 - 20) - out[0, 0, 0] * 4 == pytest.approx(3.0)  # 0.75 out px = 3 input px
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_2x_targets_follow_the_grid_convention_of_inference(flip: bool) -> None:
+    # Inference puts pixel i of a stride-s grid on input pixel s * i and doubles 4x joints onto the 2x grid.
+    # The targets agree: unflipped, a joint at input u is u / 4 on the 4x grid and u / 2 on the 2x grid.
+    # Flipped, each grid mirrors as x -> size - 1 - x, which puts the 4x target 3 input px and the 2x target
+    # 1 input px left of the mirrored image: the shifts of the test-time passes that feed the regression and
+    # the 4x heatmaps (3 px) and the 2x heatmap (1 px).
+    image = np.zeros((S, S, 3), np.uint8)
+    image[40, 20] = 255
+    joints = np.array([[[20.0, 40.0, 2.0], [20.0, 40.0, 1.0]]])
+    mask = np.ones((S, S), np.float32)
+    params = AffineParams((64.0, 64.0), 0.64, flip=flip)  # the identity map onto the 128 input
+    img, _, out_4x, _ = augment(image, mask, joints, np.ones(1), params, S, R, [0, 1])
+    _, out_2x = warp_labels(mask, joints, params, 2 * R, [0, 1])
+    u = np.argwhere(img[..., 0] == 255)[0, 1]  # the joint's input column
+    shift_4x, shift_2x = (make_config().test.flip_shift, 1) if flip else (0, 0)
+    assert out_4x[0, 0, 0] * 4 == pytest.approx(u - shift_4x)
+    assert out_2x[0, 0, 0] * 2 == pytest.approx(u - shift_2x)
+    assert out_4x[0, 0, 1] * 4 == out_2x[0, 0, 1] * 2 == pytest.approx(40.0)
 
 
 def test_rotated_scaled_warp_moves_joints_with_the_image() -> None:
