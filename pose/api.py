@@ -34,7 +34,8 @@ class RawOutput:
     heatmaps: Tensor  # (K, h, w)
     center: Tensor  # (h, w)
     keypoints: Tensor  # (K, 2, h, w) absolute (x, y) regressed at each pixel, in output pixels
-    transform: ImageTransform  # where the image sits in the network input (stride-4 grid = input / 4)
+    # where the image sits in the network input; the heatmap grid is input / 4, or input / 2 with a 2x head
+    transform: ImageTransform
 
 
 class PoseEstimator:

@@ -100,7 +100,7 @@ def raw(
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Save scale-1 heatmaps, center heatmap and regressed joints (stride-4 grid) as .npz."""
+    """Save scale-1 heatmaps, center heatmap and regressed joints (heatmap grid: input / 4, or / 2) as .npz."""
     from pose.api import PoseEstimator
 
     est = PoseEstimator.from_config(model, weights=weights, device=device)
