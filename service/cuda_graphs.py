@@ -78,6 +78,13 @@ def capture_cuda_graph(network: Network, example: Tensor) -> CapturedGraph:
     return _CudaGraph(graph, inputs, outputs, max(0, torch.cuda.memory_reserved(device) - before))
 
 
+def _zeros_like_rows(x: Tensor, rows: int) -> Tensor:
+    """Zeros of ``rows`` images shaped and laid out like ``x`` (a channels-last network records NHWC)."""
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    zeros = x.new_zeros(rows, *x.shape[1:])
+    return zeros.contiguous(memory_format=torch.channels_last) if nhwc else zeros
+
+
 class GraphedNetwork:
     """``(B, 3, H, W) -> PoseOutput`` by graph replay; batches beyond the largest bucket run eagerly.
 
@@ -122,18 +129,6 @@ class GraphedNetwork:
             None if heat_2x is None else heat_2x[:n].clone(),
         )
 
-    def record(self, batch: int, height: int, width: int, like: Tensor) -> bool:
-        """Record the graph for ``batch`` rows of ``height`` x ``width`` ahead of use (warm-up).
-
-        Returns False, recording nothing, when the budget is already spent: warm-up never evicts what it
-        recorded itself.
-        """
-        bucket = bucket_for(batch, self.buckets)
-        if bucket is None or self.memory_bytes >= self.memory_budget_bytes:
-            return False
-        self._graph(bucket, like.new_zeros(bucket, like.shape[1], height, width))
-        return True
-
     def _graph(self, bucket: int, x: Tensor) -> CapturedGraph:
         key = (bucket, x.shape[2], x.shape[3])
         graph = self.graphs.get(key)
@@ -146,7 +141,7 @@ class GraphedNetwork:
             log.info("dropped the CUDA graph for batch %d at %dx%d (memory budget)", *dropped)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # hand the dropped graph's pool back to the driver
-        example = x.new_zeros(bucket, *x.shape[1:])
+        example = _zeros_like_rows(x, bucket)
         example[: x.shape[0]] = x
         graph = self.capture(self.network, example)
         self.graphs[key] = graph

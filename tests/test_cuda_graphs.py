@@ -93,13 +93,13 @@ def test_batches_beyond_the_largest_bucket_run_eagerly() -> None:
     assert recorder.recorded == []
 
 
-def test_warm_up_records_until_the_budget_and_never_evicts_its_own_graphs() -> None:
+def test_recorded_input_keeps_the_channels_last_layout() -> None:
     recorder = Recorder()
-    graphed = GraphedNetwork(network, memory_budget_bytes=3 * 4 * 3 * 8 * 8, capture=recorder)
-    like = torch.empty(1, 3, 1, 1)
-    done = [graphed.record(n, 8, 8, like) for n in (1, 2, 4, 8)]
-    assert done == [True, True, False, False]  # 1 + 2 rows fill 3 of 3 units
-    assert graphed.evictions == 0
+    graphed = GraphedNetwork(network, memory_budget_bytes=1 << 30, capture=recorder)
+    graphed(torch.rand(3, 3, 8, 12).to(memory_format=torch.channels_last))
+    (graph,) = graphed.graphs.values()
+    assert graph.inputs.shape == (4, 3, 8, 12)
+    assert graph.inputs.is_contiguous(memory_format=torch.channels_last) and not graph.inputs.is_contiguous()
 
 
 @pytest.mark.gpu
