@@ -16,12 +16,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pose.checkpoint import load_weights
 from pose.config import ModelConfig
 from pose.models.fold import fold_batch_norms
-from pose.models.hrnet import PoseOutput, create_model
+from pose.models.hrnet import PoseHRNet, PoseOutput, create_model
 from pose.ops.adaptive_conv import use_implementation
 from service.cuda_graphs import GraphedNetwork
 from service.schemas import RuntimeInfo
@@ -54,7 +54,8 @@ class TorchBackend:
 
     Batch norms are folded into the convolutions at load. On CUDA the network runs channels-last, in
     float16 when asked, through the fused adaptive-conv kernel once it has passed a self-check, and as
-    replayed CUDA graphs (:mod:`service.cuda_graphs`). Outputs are returned in float32.
+    replayed CUDA graphs (:mod:`service.cuda_graphs`). The output convolutions stay in float32, so the
+    outputs are float32 in every precision.
     """
 
     name = "torch"
@@ -72,6 +73,8 @@ class TorchBackend:
         cuda = self.device.type == "cuda"
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
         self.model = model.to(self.device, self.dtype).to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        if self.dtype != torch.float32:
+            float32_output_layers(self.model)
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes per graph: let cuDNN time its algorithms
         self.adaptive_conv, fallback = select_adaptive_conv(settings.adaptive_conv, self.device, self.dtype)
@@ -87,11 +90,7 @@ class TorchBackend:
 
     def __call__(self, x: Tensor) -> PoseOutput:
         x = x.to(self.device, self.dtype, memory_format=self.memory_format)
-        out = self.graphs(x) if self.graphs is not None else self._forward(x)
-        if self.dtype == torch.float32:
-            return out
-        heat_2x = out.heatmaps_2x.float() if out.heatmaps_2x is not None else None
-        return PoseOutput(out.heatmaps.float(), out.offsets.float(), heat_2x)
+        return self.graphs(x) if self.graphs is not None else self._forward(x)  # float32 outputs
 
 
 class OnnxRuntimeBackend:
@@ -191,6 +190,30 @@ class TensorRTBackend:
         if not self.context.execute_async_v3(stream):
             raise RuntimeError("TensorRT execution failed")
         return PoseOutput(outputs["heatmaps"], outputs["offsets"])
+
+
+class _Float32Conv(nn.Module):
+    """A 1x1 output convolution evaluated in float32 on low-precision features."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x.float())
+
+
+def float32_output_layers(model: PoseHRNet) -> None:
+    """Run the network's output convolutions in float32, in place, around a float16 or bfloat16 body.
+
+    Regressed offsets reach 100 map pixels, where float16 steps by 1/16 of a map pixel (a quarter of an
+    image pixel): the poses would move by more than the agreement the service promises. Heatmaps and
+    offsets come out in float32, at the cost of three 1x1 convolutions.
+    """
+    layers = model.final_layers
+    for i, conv in enumerate(layers):
+        if isinstance(conv, nn.Conv2d):
+            layers[i] = _Float32Conv(conv)
 
 
 def describe_runtime(backend: Backend) -> RuntimeInfo:

@@ -83,3 +83,26 @@ def test_models_and_metrics_report_the_implementation_in_use(monkeypatch: pytest
     assert runtime["precision"] == "float32" and runtime["cuda_graphs"] is False
     line = next(m for m in metrics.splitlines() if m.startswith("pose_backend_info{"))
     assert 'adaptive_conv="torch"' in line and 'adaptive_conv_fallback="true"' in line and line.endswith(" 1.0")
+
+
+def test_low_precision_body_returns_float32_outputs_from_float32_output_layers() -> None:
+    """bfloat16 stands in for float16 on a CPU: the body runs in it, the 1x1 output convolutions do not."""
+    from pose.config import load_model_config
+    from pose.models.hrnet import create_model
+    from service.backends import float32_output_layers
+
+    from .conftest import FIXTURES
+
+    torch.manual_seed(0)
+    model = create_model(load_model_config(FIXTURES / "tiny_coco_w8_256.yaml")).eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.inference_mode():
+        want = model(x)
+        model.to(torch.bfloat16)
+        float32_output_layers(model)
+        got = model(x.to(torch.bfloat16))
+    assert got.heatmaps.dtype == got.offsets.dtype == torch.float32
+    assert all(conv.conv.weight.dtype == torch.float32 for conv in model.final_layers)
+    for a, b in zip(got, want, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=0.05 * float(b.abs().max()), rtol=0.05)

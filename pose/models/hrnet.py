@@ -304,14 +304,17 @@ class PoseHRNet(nn.Module):
             [final_heat(layer(cls)) for layer in self.multi_level_layers_4x_heatmap]
         )  # (3, B, K, H, W)
         heat_mean = branches.mean(dim=0)  # (B, K, H, W): the regression head's guidance in both variants
-        guided = torch.cat([features, heat_mean], dim=1) if self.arch.heatmap_guidance else features
+        # The guidance joins the features in their precision (the heads may run in float32 around a
+        # float16 body).
+        guidance = heat_mean.to(features.dtype)
+        guided = torch.cat([features, guidance], dim=1) if self.arch.heatmap_guidance else features
         reg = self.transition_reg(guided)
         reg = self.final_layers[1](self.multi_level_layers_4x_regression[0](reg))  # (B, 2K + 1, H, W)
         center = reg[:, -1:]
         if self.arch.type == "hrnet":
             return PoseOutput(torch.cat([heat_mean, center], dim=1), reg[:, :-1])
         # HigherHRNet: inference combines the 4x branches by element-wise max (get_one_stage_outputs).
-        heat_2x = self.final_layers[2](self.deconv_layers[0](torch.cat([cls, heat_mean], dim=1)))
+        heat_2x = self.final_layers[2](self.deconv_layers[0](torch.cat([cls, guidance], dim=1)))
         per_branch = torch.cat([torch.cat([b, center], dim=1) for b in branches], dim=1) if self.training else None
         return PoseOutput(torch.cat([branches.amax(dim=0), center], dim=1), reg[:, :-1], heat_2x, per_branch)
 
