@@ -164,17 +164,9 @@ class BatchPipeline:
             base_sizes=base_sizes,
             map_sizes=map_sizes,
         )
-        results = []
-        for i in range(len(base)):
-            n = int(batch.valid[i].sum())
-            results.append(
-                PoseResult(
-                    batch.keypoints[i, :n].cpu(),
-                    batch.keypoints_input[i, :n].cpu(),
-                    batch.scores[i, :n].cpu(),
-                    batch.grouping_scores[i, :n].cpu(),
-                    batch.center_scores[i, :n].cpu(),
-                    batch.boxes[i, :n].cpu(),
-                )
-            )
-        return results
+        # One device-to-host copy per tensor for the whole batch, then per-image views on the host: no
+        # per-image syncs.
+        counts = batch.valid.sum(dim=1).tolist()
+        fields = (batch.keypoints, batch.keypoints_input, batch.scores, batch.grouping_scores)
+        host = [t.cpu() for t in (*fields, batch.center_scores, batch.boxes)]
+        return [PoseResult(*(t[i, :n] for t in host)) for i, n in enumerate(counts)]
