@@ -79,7 +79,7 @@ def _record_runtime(state: ServiceState) -> None:
     assert state.backend is not None
     settings = state.settings
     state.runtime = describe_runtime(state.backend)
-    state.metrics.record_runtime(settings.backend, settings.device, state.runtime)
+    state.metrics.record_runtime(state.runtime.backend, settings.device, state.runtime)
 
 
 def _run_batch(state: ServiceState):  # noqa: ANN202 - a closure with the batcher's signature

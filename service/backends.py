@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class Backend(Protocol):
 class RuntimeReport:
     """What a backend actually runs, which can differ from what was asked (a fast path that failed)."""
 
+    backend: str = "torch"
+    backend_fallback: str | None = None  # why the automatic choice is not ONNX Runtime on a CPU
     precision: str = "float32"
     adaptive_conv: str | None = None  # the torch backend's implementation
     adaptive_conv_fallback: str | None = None  # why the fused kernel is not in use, when it was wanted
@@ -82,7 +85,11 @@ class TorchBackend:
         if use_graphs and not cuda:
             raise ValueError("CUDA graphs need a CUDA device")
         self.graphs = GraphedNetwork(self._forward, settings.cuda_graph_memory_mb * 2**20) if use_graphs else None
-        self.report = RuntimeReport(str(self.dtype).removeprefix("torch."), self.adaptive_conv, fallback, use_graphs)
+        precision = str(self.dtype).removeprefix("torch.")
+        self.report = RuntimeReport(
+            "torch", precision=precision, adaptive_conv=self.adaptive_conv, adaptive_conv_fallback=fallback
+        )
+        self.report.cuda_graphs = use_graphs
 
     def _forward(self, x: Tensor) -> PoseOutput:
         with use_implementation(self.adaptive_conv):
@@ -119,10 +126,11 @@ class OnnxRuntimeBackend:
         )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()  # what start-up chose for this container
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise RuntimeError("onnxruntime has no CUDA provider here; install onnxruntime-gpu or use device cpu")
-        self.report = RuntimeReport()
+        self.report = RuntimeReport("onnx")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -164,7 +172,7 @@ class TensorRTBackend:
         major, minor = torch.cuda.get_device_capability(self.device)
         check_compatible(meta, trt.__version__, f"{major}.{minor}")
         self.metadata = meta
-        self.report = RuntimeReport(precision=meta.precision)
+        self.report = RuntimeReport("tensorrt", precision=meta.precision)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(engine.read_bytes())
         self.context = self.engine.create_execution_context()
@@ -221,6 +229,8 @@ def describe_runtime(backend: Backend) -> RuntimeInfo:
     report: RuntimeReport = getattr(backend, "report", RuntimeReport())
     graphs: GraphedNetwork | None = getattr(backend, "graphs", None)
     return RuntimeInfo(
+        backend=report.backend,
+        backend_fallback=report.backend_fallback,
         precision=report.precision,
         adaptive_conv=report.adaptive_conv,
         adaptive_conv_fallback=report.adaptive_conv_fallback,
@@ -260,21 +270,80 @@ def select_adaptive_conv(
     return "triton", None
 
 
+def automatic_backend(config: ModelConfig, settings: Settings) -> Backend:
+    """Torch on CUDA (the lean path above). On a CPU, ONNX Runtime on the portable graph, once it has matched
+    the torch network at start-up: its graph optimizations and GridSample make it several times faster
+    there (docs/performance.md). The graph is exported once per model and weights into
+    ``settings.onnx_cache``; any failure (a model without an exportable graph, onnxruntime missing, a
+    mismatch) keeps torch, says why in the log and in the runtime report, and never stops the service.
+    """
+    reference = TorchBackend(config, settings)
+    if reference.device.type != "cpu":
+        return reference
+    try:
+        path = (
+            settings.onnx_path or _recorded_portable_onnx(config) or _cached_portable_onnx(config, settings, reference)
+        )
+        candidate = OnnxRuntimeBackend(path, config.keypoints.num_keypoints, "cpu", config.input.stride)
+        _check_agreement(candidate, reference)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err)[:300]}"
+        log.error("ONNX Runtime is not used on this CPU, the torch network is: %s", reason)
+        reference.report.backend_fallback = reason
+        return reference
+    return candidate
+
+
+def _recorded_portable_onnx(config: ModelConfig) -> Path | None:
+    path = next((config.resolve(a.path) for a in config.onnx if a.variant == "portable"), None)
+    return path if path is not None and path.is_file() else None
+
+
+def _cached_portable_onnx(config: ModelConfig, settings: Settings, reference: TorchBackend) -> Path:
+    """The portable graph of this model and weights in the cache, exported there when missing.
+
+    Written to a temporary name and renamed, so pods sharing the cache never read half a file.
+    """
+    from export.engine_cache import cache_entry
+    from export.onnx_export import export_onnx
+
+    # The exporter's version is part of the name: a graph written by another torch is exported again.
+    path = cache_entry(config, settings.onnx_cache, settings.weights) / f"model-torch{torch.__version__}.onnx"
+    if path.is_file():
+        return path
+    log.info("exporting the portable ONNX graph of %s to %s (once per model and weights)", config.name, path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    export_onnx(reference.model, partial, "portable", (config.input.size, config.input.size))
+    partial.replace(path)
+    return path
+
+
+def _check_agreement(candidate: Backend, reference: Backend, tolerance: float = 1e-3) -> None:
+    """Raise unless both give the same heatmaps and offsets on a seeded input (relative to their scale)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 128, 192, generator=g)
+    with torch.inference_mode():
+        want, got = reference(x), candidate(x)
+    for name, a, b in (("heatmaps", got.heatmaps, want.heatmaps), ("offsets", got.offsets, want.offsets)):
+        error = float((a.float().cpu() - b.float().cpu()).abs().max())
+        if not error <= tolerance * max(1.0, float(b.abs().max())):
+            raise RuntimeError(f"{name} differ from the torch network by {error:.3g}")
+
+
 def create_backend(config: ModelConfig, settings: Settings) -> Backend:
     """The configured runtime, its files resolved from the settings, then the model config."""
     k = config.keypoints.num_keypoints
+    if settings.backend == "auto":
+        return automatic_backend(config, settings)
     if settings.backend == "torch":
         return TorchBackend(config, settings)
     if settings.backend == "onnx":
-        path = settings.onnx_path or next(
-            (config.resolve(a.path) for a in config.onnx if a.variant == "portable"), None
-        )
+        path = settings.onnx_path or _recorded_portable_onnx(config)
         if path is None:
             raise FileNotFoundError(
                 f"model {config.name} has no portable ONNX; run pose-export onnx or set POSE_ONNX_PATH"
             )
         return OnnxRuntimeBackend(path, k, settings.device, config.input.stride)
-
     engine = settings.engine_path
     if engine is None and settings.engine_cache is not None:
         from export.engine_cache import ENGINE_FILE, cache_entry

@@ -68,6 +68,10 @@ class PoseRequest(BaseModel):
 class RuntimeInfo(BaseModel):
     """What the backend actually runs, which can differ from the settings when a fast path failed."""
 
+    backend: str = Field(description="the runtime in use: torch, onnx or tensorrt")
+    backend_fallback: str | None = Field(
+        None, description="why the automatic choice kept torch on a CPU instead of ONNX Runtime"
+    )
     precision: str = Field(description="network precision: float32, float16 or bfloat16")
     adaptive_conv: str | None = Field(None, description="adaptive-conv implementation of the torch backend")
     adaptive_conv_fallback: str | None = Field(

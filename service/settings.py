@@ -18,9 +18,17 @@ class Settings(BaseSettings):
 
     model: Path = Field(DEFAULT_MODEL, description="model_repo/<name> folder or config.yaml")
     weights: Path | None = Field(None, description="checkpoint overriding the config's weights")
-    backend: Literal["torch", "onnx", "tensorrt"] = Field("torch", description="network runtime")
+    backend: Literal["auto", "torch", "onnx", "tensorrt"] = Field(
+        "auto",
+        description="network runtime (auto: torch on CUDA; on a CPU, ONNX Runtime on the portable graph once it "
+        "matches torch at start-up, else torch)",
+    )
     onnx_path: Path | None = Field(
         None, description="ONNX graph for the onnx backend (default: the config's portable one)"
+    )
+    onnx_cache: Path = Field(
+        Path.home() / ".cache" / "pose" / "onnx",
+        description="where the auto backend keeps the portable graphs it exports (one per model and weights)",
     )
     engine_path: Path | None = Field(None, description="TensorRT engine for the tensorrt backend")
     engine_cache: Path | None = Field(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 import service.backends
 from pose.api import PoseEstimator
+from pose.config import load_model_config
+from pose.models.hrnet import PoseOutput
 from service.app import create_app
-from service.backends import TorchBackend, select_adaptive_conv
+from service.backends import OnnxRuntimeBackend, TorchBackend, automatic_backend, select_adaptive_conv
 from service.settings import Settings
 
 from .conftest import ROOT
@@ -75,7 +79,7 @@ def test_cuda_graphs_are_refused_on_a_cpu() -> None:
 def test_models_and_metrics_report_the_implementation_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that failed at start-up is visible to the operator, and the service still serves."""
     monkeypatch.setattr(service.backends, "select_adaptive_conv", lambda *a: ("torch", "CompilationError: at 34:8"))
-    with TestClient(create_app(Settings(model=MODEL, warmup=False))) as client:
+    with TestClient(create_app(Settings(model=MODEL, backend="torch", warmup=False))) as client:
         runtime = client.get("/v1/models").json()["models"][0]["runtime"]
         metrics = client.get("/metrics").text
     assert runtime["adaptive_conv"] == "torch"
@@ -106,3 +110,63 @@ def test_low_precision_body_returns_float32_outputs_from_float32_output_layers()
     for a, b in zip(got, want, strict=True):
         if b is not None:
             torch.testing.assert_close(a, b, atol=0.05 * float(b.abs().max()), rtol=0.05)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export of the embedded model's portable graph, shared by the tests below."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    cache = tmp_path_factory.mktemp("onnx_cache")
+    backend = automatic_backend(load_model_config(MODEL), Settings(model=MODEL, onnx_cache=cache))
+    assert backend.name == "onnx", getattr(backend, "report", None)
+    return cache
+
+
+def test_auto_on_a_cpu_serves_onnx_runtime_from_the_cache_once_it_matches_torch(
+    onnx_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export.onnx_export
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported again although the cache holds the graph")
+
+    monkeypatch.setattr(export.onnx_export, "export_onnx", no_export)
+    (graph,) = onnx_cache.glob("*/model-torch*.onnx")
+    assert not list(onnx_cache.glob("*/*.partial"))
+    config = load_model_config(MODEL)
+    backend = automatic_backend(config, Settings(model=MODEL, onnx_cache=onnx_cache))
+    assert backend.name == "onnx" and backend.report.backend == "onnx"  # type: ignore[attr-defined]
+    x = torch.rand(2, 3, 256, 320)
+    with torch.inference_mode():
+        want = TorchBackend(config, Settings(model=MODEL))(x)
+        got = backend(x)
+    torch.testing.assert_close(got.heatmaps, want.heatmaps, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got.offsets, want.offsets, atol=1e-3, rtol=1e-3)
+
+
+def test_auto_keeps_torch_and_says_why_when_onnx_runtime_disagrees(
+    onnx_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = OnnxRuntimeBackend.__call__
+
+    def shifted(self: OnnxRuntimeBackend, x: torch.Tensor) -> PoseOutput:
+        out = wrong(self, x)
+        return PoseOutput(out.heatmaps + 0.1, out.offsets)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "__call__", shifted)
+    backend = automatic_backend(load_model_config(MODEL), Settings(model=MODEL, onnx_cache=onnx_cache))
+    assert backend.name == "torch"
+    reason = backend.report.backend_fallback  # type: ignore[attr-defined]
+    assert reason is not None and "heatmaps differ from the torch network" in reason
+
+
+def test_auto_keeps_torch_when_the_graph_cannot_be_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.onnx_export
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("export supports the 4x models")
+
+    monkeypatch.setattr(export.onnx_export, "export_onnx", refuse)
+    backend = automatic_backend(load_model_config(MODEL), Settings(model=MODEL, onnx_cache=tmp_path))
+    assert backend.name == "torch"
+    assert backend.report.backend_fallback == "ValueError: export supports the 4x models"  # type: ignore[attr-defined]

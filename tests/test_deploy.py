@@ -121,7 +121,7 @@ def test_configmap_holds_only_settings_the_service_accepts(name: str, monkeypatc
         monkeypatch.setenv(key, value)
     settings = Settings()  # parses every value the chart writes (large integers included)
     assert settings.max_body_bytes == VALUES[name].get("settings", {}).get("maxBodyBytes", 20 * 1024 * 1024)
-    assert settings.backend == VALUES[name].get("settings", {}).get("backend", "torch")
+    assert settings.backend == VALUES[name].get("settings", {}).get("backend", "auto")
     assert settings.max_batch_size == VALUES[name].get("settings", {}).get("maxBatchSize", 8)
 
 
