@@ -88,35 +88,55 @@ class DynamicBatcher:
                 self._worker.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _next(self, timeout: float | None) -> _Job | None:
+    async def _next(self, deadline: float | None) -> _Job | None:
+        """The carried-over job, else a queued one; waits for one until ``deadline`` (``None``: forever).
+
+        A job already queued is taken even past the deadline: under load the queue holds a full batch
+        while the previous one computes, and waiting for nothing would only shrink the next batch.
+        Raises ``TimeoutError`` when the queue stays empty until the deadline.
+        """
         if self._carry is not None:
             carried, self._carry = self._carry, None
             return carried
-        job = await (self._queue.get() if timeout is None else asyncio.wait_for(self._queue.get(), timeout))
+        if not self._queue.empty():
+            job = self._queue.get_nowait()
+        elif deadline is None:
+            job = await self._queue.get()
+        else:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError
+            job = await asyncio.wait_for(self._queue.get(), remaining)
         self.metrics.queue_depth.set(self._queue.qsize())
         return job
 
     async def _collect(self) -> list[_Job]:
-        """The next batch; empty once the stop sentinel was seen and nothing is left."""
-        if self._stopping and self._carry is None:
-            return []
-        first = await self._next(None)
-        if first is None:
-            self._stopping = True
-            return []
+        """The next batch; empty once the stop sentinel was seen and nothing is left.
+
+        The delay window opens when the batch's first job arrived, not when the worker got to it, so time
+        the worker spent elsewhere (the previous batch, a busy event loop) counts against the window.
+        Jobs whose client already gave up are dropped here and take no slot.
+        """
+        first: _Job | None = None
+        while first is None or first.future.done():
+            if self._stopping and self._carry is None:
+                return []
+            first = await self._next(None)
+            if first is None:
+                self._stopping = True
+                return []
         jobs, n_images = [first], len(first.images)
-        deadline = time.perf_counter() + self.max_queue_delay_s
+        deadline = first.enqueued + self.max_queue_delay_s
         while n_images < self.max_batch_size and not self._stopping:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
             try:
-                job = await self._next(remaining)
+                job = await self._next(deadline)
             except TimeoutError:
                 break
             if job is None:
                 self._stopping = True
                 break
+            if job.future.done():
+                continue
             if n_images + len(job.images) > self.max_batch_size:
                 self._carry = job
                 break

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from pose.config import ModelConfig
 from pose.draw import draw_people, encode_image
 from pose.pipeline import PoseResult
 from pose.results import to_people
@@ -199,6 +200,44 @@ def _image_result(
     )
 
 
+def _response(
+    cfg: ModelConfig,
+    images: list[np.ndarray],
+    results: list[PoseResult],
+    info: BatchInfo,
+    score_threshold: float,
+    max_people: int,
+    overlay: bool,
+    coco: bool,
+    start: float,
+) -> PoseResponse:
+    return PoseResponse(
+        model=cfg.name,
+        version=cfg.version,
+        results=[
+            _image_result(
+                i,
+                im,
+                res,
+                cfg.keypoints.names,
+                cfg.keypoints.skeleton,
+                score_threshold,
+                max_people,
+                overlay,
+                coco,
+            )
+            for i, (im, res) in enumerate(zip(images, results, strict=True))
+        ],
+        timings=Timings(
+            queue_ms=1000 * info.queue_s,
+            inference_ms=1000 * info.inference_s,
+            postprocess_ms=1000 * info.postprocess_s,
+            total_ms=1000 * (time.perf_counter() - start),
+            batch_size=info.batch_size,
+        ),
+    )
+
+
 async def _wait_for_disconnect(request: Request) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(0.05)
@@ -274,31 +313,10 @@ async def estimate_pose(
     results, info = await _submit(
         request, state.batcher, images, flip, max(remaining, 0.001), settings.request_timeout_s
     )
-    cfg = state.config
-    response = PoseResponse(
-        model=cfg.name,
-        version=cfg.version,
-        results=[
-            _image_result(
-                i,
-                im,
-                res,
-                cfg.keypoints.names,
-                cfg.keypoints.skeleton,
-                score_threshold,
-                max_people,
-                overlay,
-                format == "coco",
-            )
-            for i, (im, res) in enumerate(zip(images, results, strict=True))
-        ],
-        timings=Timings(
-            queue_ms=1000 * info.queue_s,
-            inference_ms=1000 * info.inference_s,
-            postprocess_ms=1000 * info.postprocess_s,
-            total_ms=1000 * (time.perf_counter() - start),
-            batch_size=info.batch_size,
-        ),
+    # Building the response (people, overlays) is CPU work: it runs in a thread so the event loop stays
+    # free to admit the requests that form the next batch.
+    response = await asyncio.to_thread(
+        _response, state.config, images, results, info, score_threshold, max_people, overlay, format == "coco", start
     )
     state.metrics.images.inc(len(images))
     for r in response.results:

@@ -61,6 +61,45 @@ def test_concurrent_requests_form_batches_up_to_the_limit_and_get_their_own_resu
     assert [len(b) for b in model.batches] == [4, 4, 2]
 
 
+def test_queued_jobs_form_full_batches_even_when_answering_them_keeps_the_loop_busy() -> None:
+    """Under load the queue holds the next batch while one computes; the delay window counts from the
+    first job's arrival, so answering the previous batch (blocking the event loop) cannot shrink it."""
+
+    async def scenario() -> FakeModel:
+        model = FakeModel(seconds=0.02)
+        batcher = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0.005, queue_limit=100, metrics=Metrics())
+        batcher.start()
+
+        async def client(i: int) -> None:
+            await batcher.submit([image(i)], None)
+            time.sleep(0.01)  # per-response work on the event loop
+
+        await asyncio.gather(*(client(i) for i in range(32)))
+        await batcher.close(5)
+        return model
+
+    assert [len(b) for b in run(scenario()).batches] == [8, 8, 8, 8]
+
+
+def test_jobs_whose_client_left_take_no_batch_slot() -> None:
+    async def scenario() -> FakeModel:
+        model = FakeModel(seconds=0.1)
+        batcher = DynamicBatcher(model, max_batch_size=3, max_queue_delay_s=0.01, queue_limit=100, metrics=Metrics())
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit([image(1)], None))
+        await asyncio.sleep(0.03)  # the first batch (image 1 alone after the window) is computing
+        left = [asyncio.ensure_future(batcher.submit([image(v)], None)) for v in (2, 3)]
+        kept = [asyncio.ensure_future(batcher.submit([image(v)], None)) for v in (4, 5, 6)]
+        await asyncio.sleep(0)
+        for f in left:
+            f.cancel()
+        await asyncio.gather(first, *kept)
+        await batcher.close(5)
+        return model
+
+    assert run(scenario()).batches == [[1], [4, 5, 6]]
+
+
 def test_a_request_that_does_not_fit_waits_for_the_next_batch() -> None:
     async def scenario() -> FakeModel:
         model = FakeModel()
