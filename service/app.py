@@ -7,37 +7,23 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request, Response
-from fastapi.openapi.utils import get_openapi
 
 from pose.config import ModelConfig, load_model_config
 from pose.pipeline import BatchPipeline
 from pose.rescore import ScoringNet, load_scoring_net
 from service.backends import Backend, create_backend
 from service.batcher import DynamicBatcher
+from service.deps import ServiceState
 from service.errors import register_exception_handlers
 from service.metrics import Metrics
-from service.schemas import PoseRequest
+from service.options import PoseOptions, RunOptions, resolve_options
 from service.settings import Settings
 
 log = logging.getLogger("pose.service")
-
-
-@dataclass
-class ServiceState:
-    """What the routes reach through ``request.app.state.service``."""
-
-    settings: Settings
-    metrics: Metrics
-    config: ModelConfig | None = None
-    backend: Backend | None = None
-    pipeline: BatchPipeline | None = None
-    batcher: DynamicBatcher | None = None
-    ready: bool = False
 
 
 def _load(settings: Settings) -> tuple[ModelConfig, Backend, BatchPipeline]:
@@ -58,16 +44,16 @@ def _warm_up(state: ServiceState) -> None:
     size = state.settings.max_batch_size
     sizes = sorted({min(2**i, size) for i in range(size.bit_length() + 1)})
     image = np.zeros((480, 640, 3), np.uint8)
+    assert state.config is not None
+    run = resolve_options(PoseOptions(), state.settings, state.config).run
     for n in sizes:
-        state.pipeline.run([image] * n, state.settings.flip, state.settings.scales)
+        state.pipeline.run([image] * n, run.flip, run.scales)
 
 
 def _run_batch(state: ServiceState):  # noqa: ANN202 - a closure with the batcher's signature
-    settings = state.settings
-
-    def run(images, flip):  # noqa: ANN001, ANN202
+    def run(images, options: RunOptions):  # noqa: ANN001, ANN202
         assert state.pipeline is not None
-        out = state.pipeline.run(images, settings.flip if flip is None else flip, settings.scales)
+        out = state.pipeline.run(images, options.flip, options.scales)
         if torch.cuda.is_available() and state.pipeline.device.type == "cuda":
             state.metrics.gpu_memory.set(torch.cuda.memory_allocated(state.pipeline.device))
         return out
@@ -133,16 +119,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(health_router)
 
-    def openapi() -> dict:
-        """The generated schema plus the JSON request body, which the route parses itself."""
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            body = PoseRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["PoseRequest"] = body
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -19,8 +19,9 @@ import numpy as np
 from pose.pipeline import BatchTimings, PoseResult
 from service.errors import NotReadyError, QueueFullError
 from service.metrics import Metrics
+from service.options import RunOptions
 
-RunBatch = Callable[[Sequence[np.ndarray], bool | None], tuple[list[PoseResult], BatchTimings]]
+RunBatch = Callable[[Sequence[np.ndarray], RunOptions], tuple[list[PoseResult], BatchTimings]]
 
 
 @dataclass
@@ -36,7 +37,7 @@ class BatchInfo:
 @dataclass
 class _Job:
     images: list[np.ndarray]
-    flip: bool | None
+    run: RunOptions
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -63,7 +64,8 @@ class DynamicBatcher:
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="pose-batcher")
 
-    async def submit(self, images: list[np.ndarray], flip: bool | None) -> tuple[list[PoseResult], BatchInfo]:
+    async def submit(self, images: list[np.ndarray], run: RunOptions) -> tuple[list[PoseResult], BatchInfo]:
+        """Each image's poses once its batch ran; requests with other run options run as a separate pass."""
         if self._closed:
             raise NotReadyError("the service is shutting down")
         if self._queue.qsize() >= self.queue_limit:
@@ -72,7 +74,7 @@ class DynamicBatcher:
                 f"{self._queue.qsize()} requests are queued (limit {self.queue_limit}); retry later",
                 headers={"Retry-After": str(retry)},
             )
-        job = _Job(images, flip, asyncio.get_running_loop().create_future())
+        job = _Job(images, run, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(job)
         self.metrics.queue_depth.set(self._queue.qsize())
         return await job.future
@@ -148,14 +150,14 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while jobs := await self._collect():
             live = [j for j in jobs if not j.future.done()]  # clients that gave up cost nothing
-            for flip in dict.fromkeys(j.flip for j in live):
-                await self._execute(loop, [j for j in live if j.flip == flip], flip)
+            for run in dict.fromkeys(j.run for j in live):
+                await self._execute(loop, [j for j in live if j.run == run], run)
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], flip: bool | None) -> None:
+    async def _execute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], run: RunOptions) -> None:
         images = [im for j in jobs for im in j.images]
         started = time.perf_counter()
         try:
-            results, timings = await loop.run_in_executor(self._executor, self.run_batch, images, flip)
+            results, timings = await loop.run_in_executor(self._executor, self.run_batch, images, run)
         except Exception as err:  # a failing batch fails its requests, never the worker
             for j in jobs:
                 if not j.future.done():

@@ -32,6 +32,12 @@ class InvalidRequestError(ServiceError):
     status, code = 400, "invalid_request"
 
 
+class InvalidOptionError(ServiceError):
+    """An option that passed its own type check but not the loaded model's (same status as the former)."""
+
+    status, code = 422, "invalid_request"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     status, code = 415, "unsupported_media_type"
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(16, ge=1)
     flip: bool | None = Field(None, description="flip-test default (None: the model's)")
     scales: list[float] | None = Field(None, description="test scales default (None: the model's)")
+    score_threshold: float | None = Field(
+        None, ge=0, description="poses scoring below this are dropped (None: the model's test.score_threshold)"
+    )
     api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
     warmup: bool = True

@@ -184,14 +184,42 @@ def test_bad_input_gets_a_clear_4xx_and_the_service_keeps_serving(client: TestCl
 def test_bad_json_and_parameters(client: TestClient) -> None:
     r = client.post("/v1/pose", json={"images": [{"data": "not base64!!"}]})
     assert r.status_code == 400 and "base64" in r.json()["error"]["message"]
-    assert client.post("/v1/pose", json={"images": []}).status_code == 400
-    assert client.post("/v1/pose", content=b"{", headers={"content-type": "application/json"}).status_code == 400
-    r = client.post(
-        "/v1/pose", content=PHOTO.read_bytes(), params={"max_people": 0}, headers={"content-type": "image/jpeg"}
-    )
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.post("/v1/pose", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", json={"images": []})
+    assert r.status_code == 422 and "body.images" in r.json()["error"]["message"]
     r = client.post("/v1/pose", files={"other": (None, "text")})
     assert r.status_code == 400 and "no file part" in r.json()["error"]["message"]
+
+
+BAD_OPTIONS = {
+    "max_people below 1": ({"max_people": 0}, "max_people"),
+    "max_people above the model's": ({"max_people": 31}, "max_people: at most 30"),
+    "negative threshold": ({"score_threshold": -1}, "score_threshold"),
+    "scales without 1.0": ({"scales": [2.0]}, "include 1.0"),
+    "unknown option": ({"maxpeople": 3}, "maxpeople"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPTIONS))
+def test_a_bad_option_gets_the_same_422_in_a_query_and_in_json(client: TestClient, name: str) -> None:
+    option, named = BAD_OPTIONS[name]
+    image = png(np.zeros((8, 8, 3), np.uint8))
+    by_query = client.post("/v1/pose", content=image, params=option, headers={"content-type": "image/png"})
+    by_json = client.post("/v1/pose", json={"images": [{"data": base64.b64encode(image).decode()}], **option})
+    for r in (by_query, by_json):
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_request" and named in r.json()["error"]["message"]
+
+
+def test_json_options_override_query_options(client: TestClient) -> None:
+    image = base64.b64encode(PHOTO.read_bytes()).decode()
+    r = client.post(
+        "/v1/pose", params={"max_people": 3, "format": "coco"}, json={"images": [{"data": image}], "max_people": 1}
+    )
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    assert len(result["people"]) == 1 and len(result["coco"]) == 1
 
 
 def test_metrics_expose_the_documented_series(client: TestClient) -> None:
@@ -279,11 +307,27 @@ def test_api_key_can_come_from_a_mounted_secret_file(tmp_path: Path) -> None:
         settings(api_key_file=tmp_path / "empty")
 
 
-def test_openapi_documents_every_body_type(client: TestClient) -> None:
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for v in node.values() for r in _refs(v)]
+    return [r for v in node for r in _refs(v)] if isinstance(node, list) else []
+
+
+def test_openapi_documents_every_body_type_options_and_security(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    content = spec["paths"]["/v1/pose"]["post"]["requestBody"]["content"]
+    operation = spec["paths"]["/v1/pose"]["post"]
+    content = operation["requestBody"]["content"]
     assert set(content) == {"image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"}
-    assert "PoseRequest" in spec["components"]["schemas"] and "PoseResponse" in spec["components"]["schemas"]
+    body = content["application/json"]["schema"]
+    assert body["properties"]["images"]["items"]["properties"]["data"]["contentEncoding"] == "base64"
+    options = {"score_threshold", "max_people", "flip", "scales", "overlay", "format"}
+    assert options <= set(body["properties"])  # the same options, declared once
+    assert options == {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    for ref in _refs(spec):  # every reference points at a declared schema
+        assert ref.removeprefix("#/components/schemas/") in spec["components"]["schemas"], ref
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+    assert {name for req in operation["security"] for name in req} == set(schemes)
 
 
 def test_settings_refuse_scales_the_decoder_cannot_group() -> None:
