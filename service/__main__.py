@@ -1,22 +1,22 @@
 """``python -m service``: serve the configured model with uvicorn (settings from POSE_* variables)."""
 
-import logging
-
 import uvicorn
 
 from service.app import create_app
+from service.logs import configure_logging
 from service.settings import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    configure_logging(settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
-        log_level="info",
+        log_config=None,  # configure_logging's handler, with request ids
+        access_log=False,  # the request middleware logs each request once, with its id
     )
 
 

@@ -1,16 +1,15 @@
-"""The FastAPI application: model loading and warm-up, routers, metrics middleware, graceful drain."""
+"""The FastAPI application: model loading and warm-up, routers, request middleware, graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from pose.config import ModelConfig, load_model_config
 from pose.pipeline import BatchPipeline
@@ -20,6 +19,7 @@ from service.batcher import DynamicBatcher
 from service.deps import ServiceState
 from service.errors import register_exception_handlers
 from service.metrics import Metrics
+from service.middleware import RequestMiddleware
 from service.options import PoseOptions, RunOptions, resolve_options
 from service.settings import Settings
 
@@ -97,21 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     register_exception_handlers(app)
 
-    @app.middleware("http")
-    async def record_requests(request: Request, call_next):  # noqa: ANN001, ANN202
-        if request.url.path != "/v1/pose":
-            return await call_next(request)
-        state.metrics.inflight.inc()
-        start = time.perf_counter()
-        status = 500
-        try:
-            response: Response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            state.metrics.inflight.dec()
-            state.metrics.request_seconds.observe(time.perf_counter() - start)
-            state.metrics.requests.labels(status=str(status)).inc()
+    app.add_middleware(RequestMiddleware, metrics=state.metrics)
 
     from service.routes import health_router, models_router, pose_router
 

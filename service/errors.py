@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import request_id_var
+
 log = logging.getLogger("pose.service")
 
 
@@ -59,7 +61,7 @@ class QueueFullError(ServiceError):
 
 
 class ClientDisconnectedError(ServiceError):
-    status, code = 499, "client_closed_request"  # nginx's convention; nobody reads it
+    status, code = 499, "client_closed_request"  # nginx's convention: nobody reads it, the metrics label does
 
 
 class NotReadyError(ServiceError):
@@ -71,7 +73,8 @@ class RequestTimeoutError(ServiceError):
 
 
 def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+    """The one error shape; the request id lets a client's report be found in the logs."""
+    return {"error": {"code": code, "message": message, "request_id": request_id_var.get()}}
 
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -88,8 +91,13 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Runs outside the request middleware (Starlette's outermost layer), so it sets the id header itself.
         log.exception("unexpected error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
+        return JSONResponse(
+            error_body("internal_error", f"{type(exc).__name__}: {exc}"),
+            status_code=500,
+            headers={"X-Request-ID": request_id_var.get()},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -76,6 +76,8 @@ async def _submit(
     limit: float,
 ) -> tuple[list[PoseResult], BatchInfo]:
     """Queue the images; give up (and free the batch slot) on timeout or when the client disconnects."""
+    if await request.is_disconnected():  # it left while the body was read or decoded: no slot for it
+        raise ClientDisconnectedError("the client went away before its images were queued")
     work = asyncio.ensure_future(batcher.submit(images, run))
     watch = asyncio.ensure_future(_wait_for_disconnect(request))
     try:

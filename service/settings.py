@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
     warmup: bool = True
     drain_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for queued requests")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
     host: str = "0.0.0.0"
     port: int = 8000
 

@@ -336,3 +336,84 @@ def test_settings_refuse_scales_the_decoder_cannot_group() -> None:
     with pytest.raises(ValueError, match="positive"):
         settings(scales=[1.0, 0.0])
     assert settings(scales=[2.0, 1.0]).scales == [2.0, 1.0]
+
+
+def test_request_id_is_returned_on_every_response_and_in_error_bodies(client: TestClient) -> None:
+    r = client.get("/health/live", headers={"x-request-id": "trace-42.a:b"})
+    assert r.headers["x-request-id"] == "trace-42.a:b"
+    generated = client.get("/nowhere").headers["x-request-id"]
+    assert len(generated) == 32 and generated != client.get("/nowhere").headers["x-request-id"]
+    forged = client.get("/health/live", headers={"x-request-id": "a\tb" + "x" * 200}).headers["x-request-id"]
+    assert forged != "a\tb" + "x" * 200 and len(forged) == 32  # not echoed into logs and headers
+    r = client.post("/v1/pose", content=b"", headers={"content-type": "image/png", "x-request-id": "req-1"})
+    assert r.status_code == 400 and r.headers["x-request-id"] == "req-1"
+    assert r.json()["error"]["request_id"] == "req-1"
+    r = client.post("/v1/pose", params={"max_people": 0}, content=b"", headers={"content-type": "image/png"})
+    assert r.status_code == 422 and r.json()["error"]["request_id"] == r.headers["x-request-id"]
+
+
+def test_a_client_that_left_takes_no_batch_slot_and_is_counted_apart() -> None:
+    image = png(np.zeros((16, 16, 3), np.uint8))
+
+    async def scenario() -> tuple[list[dict], str]:
+        app = create_app(settings(warmup=False))
+        sent: list[dict] = []
+        messages = [{"type": "http.request", "body": image, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}  # then the client is gone
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/pose",
+            "raw_path": b"/v1/pose",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(image)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                metrics = (await c.get("/metrics")).text
+        return sent, metrics
+
+    sent, metrics = asyncio.run(scenario())
+    assert sent[0]["status"] == 499
+    assert 'pose_requests_total{status="499"} 1.0' in metrics
+    assert "pose_batch_size_count 0.0" in metrics  # no batch ran for it
+
+
+def test_log_lines_carry_the_request_id_as_text_or_json() -> None:
+    import json
+    import logging
+
+    from service.logs import JsonFormatter, configure_logging, request_id_var
+
+    saved = logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        configure_logging("json")
+        (handler,) = logging.getLogger().handlers
+        assert isinstance(handler.formatter, JsonFormatter)
+        token = request_id_var.set("rid-7")
+        record = logging.LogRecord("pose.access", logging.INFO, __file__, 1, "POST %s", ("/v1/pose",), None)
+        handler.filter(record)
+        request_id_var.reset(token)
+        line = json.loads(handler.format(record))
+        assert line["request_id"] == "rid-7" and line["message"] == "POST /v1/pose" and line["level"] == "INFO"
+        configure_logging("text")
+        (handler,) = logging.getLogger().handlers
+        handler.filter(record)
+        assert "[rid-7]" in handler.format(record)
+    finally:
+        logging.getLogger().handlers[:], level = saved
+        logging.getLogger().setLevel(level)
