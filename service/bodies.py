@@ -36,17 +36,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MULTIPART_FIELD = "image"
+
+
 async def _multipart(request: Request, body: bytes, max_images: int) -> list[bytes]:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
         form = await Request(request.scope, replay).form(max_files=max_images, max_fields=max_images + 8)
-    except Exception as err:  # malformed multipart of any kind is the client's error
-        raise InvalidRequestError(f"malformed multipart body: {err}") from None
-    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    except Exception:  # malformed multipart of any kind is the client's error
+        raise InvalidRequestError("malformed multipart/form-data body (boundary or part headers)") from None
+    files = []
+    for name, value in form.multi_items():
+        if name != MULTIPART_FIELD:
+            raise InvalidRequestError(
+                f"unexpected multipart field {name[:40]!r}; send each image as a file in field '{MULTIPART_FIELD}'"
+            )
+        if not isinstance(value, UploadFile):
+            raise InvalidRequestError(f"multipart field '{MULTIPART_FIELD}' must be a file, not a text value")
+        files.append(value)
     if not files:
-        raise InvalidRequestError("multipart body has no file part (send the image as field 'image')")
+        raise InvalidRequestError(f"multipart body has no file part (send the image as field '{MULTIPART_FIELD}')")
     return [await f.read() for f in files]
 
 
@@ -81,7 +92,7 @@ async def images_from_body(
         payloads, options = _json(body, query)
     else:
         raise UnsupportedMediaTypeError(
-            f"content type {media or '(none)'} is not supported; send {', '.join(SUPPORTED_TYPES)}, "
+            f"content type {media[:60] or '(none)'} is not supported; send {', '.join(SUPPORTED_TYPES)}, "
             "multipart/form-data or application/json"
         )
     if len(payloads) > max_images:

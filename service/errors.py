@@ -72,8 +72,13 @@ class RequestTimeoutError(ServiceError):
     status, code = 504, "timeout"
 
 
+MAX_MESSAGE_CHARS = 300  # a message names the problem; it never carries the input back
+
+
 def error_body(code: str, message: str) -> dict:
     """The one error shape; the request id lets a client's report be found in the logs."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "\u2026"
     return {"error": {"code": code, "message": message, "request_id": request_id_var.get()}}
 
 
@@ -92,9 +97,9 @@ def register_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Runs outside the request middleware (Starlette's outermost layer), so it sets the id header itself.
-        log.exception("unexpected error", exc_info=exc)
+        log.exception("unexpected error", exc_info=exc)  # the details go to the log, not to the client
         return JSONResponse(
-            error_body("internal_error", f"{type(exc).__name__}: {exc}"),
+            error_body("internal_error", "internal error; the service's log has the details under this request id"),
             status_code=500,
             headers={"X-Request-ID": request_id_var.get()},
         )

@@ -2,7 +2,8 @@
 
 The type is sniffed from magic bytes (the client's Content-Type is not trusted), the size is read from
 the header and capped before any pixel is allocated (decompression bombs), truncated JPEGs are refused
-rather than half-decoded, and EXIF orientation is applied so a phone photo comes out upright.
+rather than half-decoded, and EXIF orientation is applied so a phone photo comes out upright. Pillow only
+reads headers here (its own bomb limit stays in force); OpenCV decodes the pixels.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMed
 
 __all__ = ["SUPPORTED_TYPES", "decode_image", "sniff_type"]
 
-SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp")
-Image.MAX_IMAGE_PIXELS = None  # our own cap applies, from the header, before decoding
+SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+_PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP"}
 
 
 def sniff_type(data: bytes) -> str:
@@ -30,20 +31,27 @@ def sniff_type(data: bytes) -> str:
         return "image/png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    raise UnsupportedMediaTypeError("not a JPEG, PNG or WebP image (checked from the file's bytes)")
+    if data.startswith(b"BM"):
+        return "image/bmp"
+    raise UnsupportedMediaTypeError("not a JPEG, PNG, WebP or BMP image (checked from the file's bytes)")
 
 
-def _header_size(data: bytes) -> tuple[int, int]:
+def _header_size(data: bytes, kind: str) -> tuple[int, int]:
+    name = kind.split("/")[1].upper()
     try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
-            warnings.simplefilter("ignore")
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InvalidImageError(f"corrupt image header: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap is checked next
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"the {name} header claims more pixels than any image this service decodes") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        # Pillow's messages name its file object (a repr with an address): say what went wrong instead.
+        raise InvalidImageError(f"corrupt {name} header: its size cannot be read") from None
 
 
 def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> np.ndarray:
-    """Decode JPEG, PNG or WebP bytes to an upright HWC uint8 RGB array.
+    """Decode JPEG, PNG, WebP or BMP bytes to an upright HWC uint8 RGB array.
 
     Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped). The aspect ratio is capped
     because the network input keeps the short side fixed: a 1x10000 strip would need a 512x5 million canvas.
@@ -51,7 +59,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: fl
     if not data:
         raise InvalidImageError("empty image")
     kind = sniff_type(data)
-    width, height = _header_size(data)
+    width, height = _header_size(data, kind)
     if width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if min(width, height) < min_side:

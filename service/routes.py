@@ -104,7 +104,7 @@ async def estimate_pose(
 ) -> PoseResponse:
     """Every person's keypoints in one or more images.
 
-    Send the image as the raw body (image/jpeg, image/png, image/webp), as multipart/form-data (field
+    Send the image as the raw body (image/jpeg, image/png, image/webp, image/bmp), as multipart/form-data (field
     `image`; several files allowed), or as JSON `{"images": [{"data": "<base64>"}], ...options}`.
     """
     start = time.perf_counter()

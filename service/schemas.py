@@ -56,7 +56,7 @@ class JsonImage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str = Field(
-        description="base64-encoded JPEG, PNG or WebP bytes",
+        description="base64-encoded JPEG, PNG, WebP or BMP bytes",
         json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"},
     )
 

@@ -46,10 +46,14 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-def png(array: np.ndarray) -> bytes:
+def encoded(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
+    Image.fromarray(array).save(buf, fmt)
     return buf.getvalue()
+
+
+def png(array: np.ndarray) -> bytes:
+    return encoded(array, "PNG")
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -147,6 +151,7 @@ GOOD_VARIANTS = {
     "rgba png": (png(np.full((20, 30, 4), 200, np.uint8)), (30, 20)),
     "16-bit png": (png(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100), (30, 20)),
     "1x1 png": (png(np.zeros((1, 1, 3), np.uint8)), (1, 1)),
+    "bmp": (encoded(np.full((20, 30, 3), 90, np.uint8), "BMP"), (30, 20)),
     "exif-rotated jpeg": (exif_rotated_jpeg(), (20, 60)),
 }
 
@@ -189,7 +194,11 @@ def test_bad_json_and_parameters(client: TestClient) -> None:
     r = client.post("/v1/pose", json={"images": []})
     assert r.status_code == 422 and "body.images" in r.json()["error"]["message"]
     r = client.post("/v1/pose", files={"other": (None, "text")})
-    assert r.status_code == 400 and "no file part" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "unexpected multipart field 'other'" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", files={"picture": ("p.png", png(np.zeros((8, 8, 3), np.uint8)), "image/png")})
+    assert r.status_code == 400 and "'picture'" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", files={"image": (None, "text")})
+    assert r.status_code == 400 and "must be a file" in r.json()["error"]["message"]
 
 
 BAD_OPTIONS = {
@@ -317,7 +326,14 @@ def test_openapi_documents_every_body_type_options_and_security(client: TestClie
     spec = client.get("/openapi.json").json()
     operation = spec["paths"]["/v1/pose"]["post"]
     content = operation["requestBody"]["content"]
-    assert set(content) == {"image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"}
+    assert set(content) == {
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "multipart/form-data",
+        "application/json",
+    }
     body = content["application/json"]["schema"]
     assert body["properties"]["images"]["items"]["properties"]["data"]["contentEncoding"] == "base64"
     options = {"score_threshold", "max_people", "flip", "scales", "overlay", "format"}
@@ -417,3 +433,34 @@ def test_log_lines_carry_the_request_id_as_text_or_json() -> None:
     finally:
         logging.getLogger().handlers[:], level = saved
         logging.getLogger().setLevel(level)
+
+
+def test_error_messages_are_capped_and_never_echo_the_input(client: TestClient) -> None:
+    junk = b'{"images": [' + b"9" * 1_000_000  # 1 MB of broken JSON
+    r = client.post("/v1/pose", content=junk, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and len(r.content) < 1000 and "9999" not in r.text
+    huge_option = {"images": [{"data": "AAAA"}], "format": "x" * 100_000}
+    r = client.post("/v1/pose", json=huge_option)
+    assert r.status_code == 422 and len(r.content) < 1000 and "xxxx" not in r.text
+    r = client.post("/v1/pose", content=b"\x89PNG\r\n\x1a\n" + b"\0" * 64, headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "object at 0x" not in r.text and "PNG header" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", content=b"BM" + b"\0" * 64, headers={"content-type": "image/bmp"})
+    assert r.status_code == 400 and "BMP header" in r.json()["error"]["message"]
+
+
+def test_pillow_keeps_its_own_decompression_bomb_limit() -> None:
+    import service.imaging  # noqa: F401 - importing the service must not lift the process-wide limit
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+
+
+def test_an_unexpected_failure_is_a_500_without_internals() -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("secret internal state at 0xdeadbeef")
+
+    # raise_server_exceptions=False: answer as a server would, instead of re-raising into the test
+    with TestClient(create_app(settings(warmup=False)), raise_server_exceptions=False) as c:
+        c.app.state.service.pipeline.run = broken
+        r = c.post("/v1/pose", content=png(np.zeros((8, 8, 3), np.uint8)), headers={"content-type": "image/png"})
+    assert r.status_code == 500 and "secret" not in r.text and "RuntimeError" not in r.text
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
