@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from pose.config import ModelConfig, load_model_config
 from pose.pipeline import BatchPipeline
 from pose.rescore import ScoringNet, load_scoring_net
+from service.admission import ImageIntake
 from service.backends import Backend, create_backend
 from service.batcher import DynamicBatcher
 from service.deps import ServiceState
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.metrics,
         )
         state.batcher.start()
+        batcher = state.batcher
+        state.intake = ImageIntake(settings, state.metrics, retry_after_s=lambda: batcher.last_batch_s)
         state.ready = True
         log.info("ready: %s on %s (%s backend)", settings.model, settings.device, settings.backend)
         try:
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.ready = False
             await state.batcher.close(settings.drain_timeout_s)
+            state.intake.close()
 
     app = FastAPI(
         title="Pose estimation service",

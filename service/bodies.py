@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -61,7 +63,7 @@ async def _multipart(request: Request, body: bytes, max_images: int) -> list[byt
     return [await f.read() for f in files]
 
 
-def _json(body: bytes, query: PoseOptions) -> tuple[list[bytes], PoseOptions]:
+def _json(body: bytes, query: PoseOptions, max_images: int) -> tuple[list[bytes], PoseOptions]:
     try:
         parsed = PoseRequest.model_validate_json(body)
     except ValidationError as err:
@@ -69,6 +71,7 @@ def _json(body: bytes, query: PoseOptions) -> tuple[list[bytes], PoseOptions]:
         if any(e["type"] == "json_invalid" for e in errors):
             raise InvalidRequestError(f"body is not valid JSON: {errors[0]['msg']}") from None
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    _check_count(len(parsed.images), max_images)  # before any base64 is decoded
     images = []
     for i, item in enumerate(parsed.images):
         try:
@@ -79,22 +82,32 @@ def _json(body: bytes, query: PoseOptions) -> tuple[list[bytes], PoseOptions]:
     return images, query.model_copy(update=body_options)
 
 
+def _check_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise InvalidRequestError(f"{count} images in one request; the limit is {max_images}")
+
+
 async def images_from_body(
-    request: Request, body: bytes, query: PoseOptions, max_images: int
+    request: Request,
+    body: bytes,
+    query: PoseOptions,
+    max_images: int,
+    offload: Callable[..., Awaitable[Any]],
 ) -> tuple[list[bytes], PoseOptions]:
-    """The request's image payloads and its options (a JSON body's options override the query's)."""
+    """The request's image payloads and its options (a JSON body's options override the query's).
+
+    ``offload`` runs CPU work (parsing a JSON body of up to the body limit) off the event loop.
+    """
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in SUPPORTED_TYPES or media == "application/octet-stream":
-        payloads, options = [body], query
-    elif media == "multipart/form-data":
-        payloads, options = await _multipart(request, body, max_images), query
-    elif media == "application/json":
-        payloads, options = _json(body, query)
-    else:
-        raise UnsupportedMediaTypeError(
-            f"content type {media[:60] or '(none)'} is not supported; send {', '.join(SUPPORTED_TYPES)}, "
-            "multipart/form-data or application/json"
-        )
-    if len(payloads) > max_images:
-        raise InvalidRequestError(f"{len(payloads)} images in one request; the limit is {max_images}")
-    return payloads, options
+        return [body], query
+    if media == "multipart/form-data":
+        payloads = await _multipart(request, body, max_images)
+        _check_count(len(payloads), max_images)
+        return payloads, query
+    if media == "application/json":
+        return await offload(_json, body, query, max_images)
+    raise UnsupportedMediaTypeError(
+        f"content type {media[:60] or '(none)'} is not supported; send {', '.join(SUPPORTED_TYPES)}, "
+        "multipart/form-data or application/json"
+    )

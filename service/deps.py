@@ -10,6 +10,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from pose.config import ModelConfig
+from service.admission import ImageIntake
 from service.batcher import DynamicBatcher
 from service.errors import NotReadyError, UnauthorizedError
 from service.metrics import Metrics
@@ -30,6 +31,7 @@ class ServiceState:
     backend: Backend | None = None
     pipeline: BatchPipeline | None = None
     batcher: DynamicBatcher | None = None
+    intake: ImageIntake | None = None
     ready: bool = False
 
 
@@ -60,10 +62,17 @@ def get_batcher(service: ServiceDep) -> DynamicBatcher:
     return service.batcher
 
 
+def get_intake(service: ServiceDep) -> ImageIntake:
+    if not service.ready or service.intake is None:
+        raise NotReadyError("the model is not loaded yet")
+    return service.intake
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ModelDep = Annotated[ModelConfig, Depends(get_model)]
 BatcherDep = Annotated[DynamicBatcher, Depends(get_batcher)]
+IntakeDep = Annotated[ImageIntake, Depends(get_intake)]
 
 # Declared as security schemes so the OpenAPI schema tells clients how to authenticate; the check itself
 # is ours, because the key is optional (no key configured: open service).

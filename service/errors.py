@@ -60,6 +60,12 @@ class QueueFullError(ServiceError):
     status, code = 429, "queue_full"
 
 
+class BusyError(ServiceError):
+    """Too many pixels in flight: the request was refused before any of its images was decoded."""
+
+    status, code = 429, "busy"
+
+
 class ClientDisconnectedError(ServiceError):
     status, code = 499, "client_closed_request"  # nginx's convention: nobody reads it, the metrics label does
 

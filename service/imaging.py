@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 
-__all__ = ["SUPPORTED_TYPES", "decode_image", "sniff_type"]
+__all__ = ["SUPPORTED_TYPES", "ImageHeader", "decode_image", "decode_pixels", "read_header", "sniff_type"]
 
 SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP"}
@@ -50,11 +51,24 @@ def _header_size(data: bytes, kind: str) -> tuple[int, int]:
         raise InvalidImageError(f"corrupt {name} header: its size cannot be read") from None
 
 
-def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> np.ndarray:
-    """Decode JPEG, PNG, WebP or BMP bytes to an upright HWC uint8 RGB array.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read before any pixel is decoded."""
 
-    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped). The aspect ratio is capped
-    because the network input keeps the short side fixed: a 1x10000 strip would need a 512x5 million canvas.
+    kind: str  # MIME type sniffed from the bytes
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> ImageHeader:
+    """Type and size from the header, refusing what should not be decoded.
+
+    The aspect ratio is capped because the network input keeps the short side fixed: a 1x10000 strip would
+    need a 512x5 million canvas.
     """
     if not data:
         raise InvalidImageError("empty image")
@@ -70,7 +84,20 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: fl
         )
     if kind == "image/jpeg" and b"\xff\xd9" not in data[-64:].rstrip(b"\x00\n\r "):
         raise InvalidImageError("truncated JPEG: no end-of-image marker")
+    return ImageHeader(kind, width, height)
+
+
+def decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
+    """Decode bytes whose header passed :func:`read_header` to an upright HWC uint8 RGB array.
+
+    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped).
+    """
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
     if image is None or image.size == 0:
-        raise InvalidImageError(f"cannot decode the {kind.split('/')[1].upper()} data (corrupt or truncated)")
+        raise InvalidImageError(f"cannot decode the {header.kind.split('/')[1].upper()} data (corrupt or truncated)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> np.ndarray:
+    """:func:`read_header` then :func:`decode_pixels`."""
+    return decode_pixels(data, read_header(data, max_pixels, min_side, max_aspect))

@@ -14,9 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pose.pipeline import PoseResult
 from service.batcher import BatchInfo, DynamicBatcher
 from service.bodies import images_from_body, read_body
-from service.deps import ApiKey, BatcherDep, MetricsDep, ModelDep, ServiceDep, SettingsDep
-from service.errors import ClientDisconnectedError, RequestTimeoutError, ServiceError
-from service.imaging import SUPPORTED_TYPES, decode_image
+from service.deps import ApiKey, BatcherDep, IntakeDep, MetricsDep, ModelDep, ServiceDep, SettingsDep
+from service.errors import ClientDisconnectedError, RequestTimeoutError
+from service.imaging import SUPPORTED_TYPES
 from service.options import PoseOptions, RunOptions, resolve_options
 from service.responses import build_response
 from service.schemas import Health, ModelInfo, ModelsResponse, PoseRequest, PoseResponse, inline_json_schema
@@ -99,6 +99,7 @@ async def estimate_pose(
     settings: SettingsDep,
     config: ModelDep,
     batcher: BatcherDep,
+    intake: IntakeDep,
     metrics: MetricsDep,
     query: Annotated[PoseOptions, Query()],
 ) -> PoseResponse:
@@ -109,26 +110,17 @@ async def estimate_pose(
     """
     start = time.perf_counter()
     body = await read_body(request, settings.max_body_bytes)
-    payloads, options = await images_from_body(request, body, query, settings.max_images_per_request)
+    payloads, options = await images_from_body(request, body, query, settings.max_images_per_request, intake.run)
+    del body  # a JSON body's text is not needed once its images are decoded from base64
     resolved = resolve_options(options, settings, config)
-    images = []
-    for i, payload in enumerate(payloads):
-        try:
-            images.append(
-                await asyncio.to_thread(
-                    decode_image, payload, settings.max_image_pixels, settings.min_image_side, settings.max_aspect_ratio
-                )
-            )
-        except ServiceError as err:
-            err.message = f"image {i}: {err.message}" if len(payloads) > 1 else err.message
-            raise
-    remaining = settings.request_timeout_s - (time.perf_counter() - start)
-    results, info = await _submit(
-        request, batcher, images, resolved.run, max(remaining, 0.001), settings.request_timeout_s
-    )
-    # Building the response (people, overlays) is CPU work: it runs in a thread so the event loop stays
-    # free to admit the requests that form the next batch.
-    response = await asyncio.to_thread(build_response, config, images, results, info, resolved, start)
+    async with intake.admit(payloads) as images:
+        remaining = settings.request_timeout_s - (time.perf_counter() - start)
+        results, info = await _submit(
+            request, batcher, images, resolved.run, max(remaining, 0.001), settings.request_timeout_s
+        )
+        # Building the response (people, overlays) is CPU work: it runs in a thread so the event loop stays
+        # free to admit the requests that form the next batch.
+        response = await asyncio.to_thread(build_response, config, images, results, info, resolved, start)
     metrics.images.inc(len(images))
     for r in response.results:
         metrics.persons.observe(len(r.people))
