@@ -3,6 +3,7 @@
 import uvicorn
 
 from service.app import create_app
+from service.cpus import configure_threads
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -10,6 +11,7 @@ from service.settings import Settings
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_format)
+    configure_threads(settings.threads)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

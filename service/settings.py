@@ -47,6 +47,7 @@ class Settings(BaseSettings):
         120_000_000, ge=1, description="decoded pixels held by all requests in flight; a request beyond gets 429"
     )
     decode_workers: int = Field(2, ge=1, description="threads that parse bodies and decode images")
+    threads: int | None = Field(None, ge=1, description="torch and OpenCV threads (None: the container's CPU quota)")
     flip: bool | None = Field(None, description="flip-test default (None: the model's)")
     scales: list[float] | None = Field(None, description="test scales default (None: the model's)")
     score_threshold: float | None = Field(
