@@ -110,3 +110,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
 
     return app
+
+
+def start_drain(app: FastAPI) -> None:
+    """What SIGTERM starts at once: readiness turns 503 and the batcher drains within ``drain_timeout_s``
+    (the lifespan's shutdown then finds it done, so the drain is counted once)."""
+    state: ServiceState = app.state.service
+    state.ready = False
+    if state.batcher is not None:
+        state.batcher.drain(state.settings.drain_timeout_s)

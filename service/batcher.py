@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pose.pipeline import BatchTimings, PoseResult
-from service.errors import NotReadyError, QueueFullError
+from service.errors import QueueFullError, ShuttingDownError
 from service.metrics import Metrics
 from service.options import RunOptions
 
@@ -34,7 +34,7 @@ class BatchInfo:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are identities: a set holds the pending ones
 class _Job:
     images: list[np.ndarray]
     run: RunOptions
@@ -59,6 +59,8 @@ class DynamicBatcher:
         self._stopping = False  # the worker saw the stop sentinel
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pose-worker")
         self._worker: asyncio.Task | None = None
+        self._closing: asyncio.Task | None = None
+        self._pending: set[_Job] = set()  # submitted and not yet answered
         self.last_batch_s = 0.0  # used for Retry-After
 
     def start(self) -> None:
@@ -67,7 +69,7 @@ class DynamicBatcher:
     async def submit(self, images: list[np.ndarray], run: RunOptions) -> tuple[list[PoseResult], BatchInfo]:
         """Each image's poses once its batch ran; requests with other run options run as a separate pass."""
         if self._closed:
-            raise NotReadyError("the service is shutting down")
+            raise ShuttingDownError("the service is shutting down; send the request again")
         if self._queue.qsize() >= self.queue_limit:
             retry = max(1, round(self.last_batch_s * (1 + self._queue.qsize() / self.max_batch_size)))
             raise QueueFullError(
@@ -75,12 +77,24 @@ class DynamicBatcher:
                 headers={"Retry-After": str(retry)},
             )
         job = _Job(images, run, asyncio.get_running_loop().create_future())
+        self._pending.add(job)
+        job.future.add_done_callback(lambda _: self._pending.discard(job))
         self._queue.put_nowait(job)
         self.metrics.queue_depth.set(self._queue.qsize())
         return await job.future
 
+    def drain(self, timeout_s: float) -> asyncio.Task:
+        """Start the one drain: refuse new work, finish what is queued within ``timeout_s``, then answer
+        whatever is left with :class:`ShuttingDownError` (a 503) rather than leave it hanging."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._drain(timeout_s), name="pose-drain")
+        return self._closing
+
     async def close(self, timeout_s: float) -> None:
-        """Refuse new work, finish what is queued (up to ``timeout_s``), stop the worker."""
+        """Drain (or wait for the drain already started) and stop the worker."""
+        await asyncio.shield(self.drain(timeout_s))
+
+    async def _drain(self, timeout_s: float) -> None:
         self._closed = True
         self._queue.put_nowait(None)
         if self._worker is not None:
@@ -88,6 +102,9 @@ class DynamicBatcher:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout_s)
             except TimeoutError:
                 self._worker.cancel()
+        for job in list(self._pending):
+            if not job.future.done():
+                job.future.set_exception(ShuttingDownError("the service shut down before this request was answered"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _next(self, deadline: float | None) -> _Job | None:

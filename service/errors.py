@@ -74,6 +74,10 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class ShuttingDownError(ServiceError):
+    status, code = 503, "shutting_down"
+
+
 class RequestTimeoutError(ServiceError):
     status, code = 504, "timeout"
 

@@ -11,7 +11,7 @@ import torch
 
 from pose.pipeline import BatchTimings, PoseResult
 from service.batcher import DynamicBatcher
-from service.errors import NotReadyError, QueueFullError
+from service.errors import QueueFullError, ShuttingDownError
 from service.metrics import Metrics
 from service.options import RunOptions
 
@@ -175,7 +175,7 @@ def test_queue_limit_and_closing() -> None:
         assert int(info.value.headers["Retry-After"]) >= 1
         await batcher.close(5)  # drains what was queued before closing
         assert (await running)[0][0].scores.item() == 1 and (await queued)[0][0].scores.item() == 2
-        with pytest.raises(NotReadyError):
+        with pytest.raises(ShuttingDownError):
             await batcher.submit([image(4)], RUN)
 
     run(scenario())
@@ -200,3 +200,17 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_survives() -> None:
         await batcher.close(5)
 
     run(scenario())
+
+
+def test_what_the_drain_cannot_finish_is_answered_as_shutting_down() -> None:
+    async def scenario() -> list[object]:
+        model = FakeModel(seconds=0.3)
+        batcher = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, queue_limit=10, metrics=Metrics())
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.submit([image(i)], RUN)) for i in range(3)]
+        await asyncio.sleep(0.05)  # the first is running, two wait
+        await asyncio.gather(batcher.close(0.1), batcher.close(0.1))  # one drain, however often it is asked
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+    outcomes = run(scenario())
+    assert all(isinstance(o, ShuttingDownError) for o in outcomes), outcomes  # none is left hanging
