@@ -102,6 +102,7 @@ def _same(got: tuple, expected: tuple) -> bool:
 
 async def _level(url: str, payloads: list[bytes], expected: list[tuple], concurrency: int, requests: int) -> dict:
     latencies: list[float] = []
+    batch_sizes: list[int] = []
     answered: dict[int, int] = {}
     wrong = failed = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -119,7 +120,9 @@ async def _level(url: str, payloads: list[bytes], expected: list[tuple], concurr
             answered[i] = answered.get(i, 0) + 1
             if r.status_code != 200:
                 failed += 1
-            elif not _same(_signature(r.json()), expected[which]):
+                continue
+            batch_sizes.append(r.json()["timings"]["batch_size"])
+            if not _same(_signature(r.json()), expected[which]):
                 wrong += 1
 
     start = time.perf_counter()
@@ -135,6 +138,8 @@ async def _level(url: str, payloads: list[bytes], expected: list[tuple], concurr
         "p50_ms": 1000 * q[49],
         "p95_ms": 1000 * q[94],
         "p99_ms": 1000 * q[98],
+        "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else 0.0,  # as each request saw it
+        "max_batch": max(batch_sizes, default=0),
         "lost": requests - len(answered),
         "duplicated": sum(n - 1 for n in answered.values()),
         "failed": failed,
@@ -374,7 +379,8 @@ def main(
                 rows.append(row)
                 print(
                     f"batch<={batch:>2} clients {c:>3}: {row['throughput_rps']:6.2f} req/s  p50 {row['p50_ms']:7.0f} ms"
-                    f"  p95 {row['p95_ms']:7.0f}  p99 {row['p99_ms']:7.0f}  lost {row['lost']} dup {row['duplicated']}"
+                    f"  p95 {row['p95_ms']:7.0f}  p99 {row['p99_ms']:7.0f}  batch mean {row['mean_batch']:.1f}"
+                    f" max {row['max_batch']}  lost {row['lost']} dup {row['duplicated']}"
                     f" failed {row['failed']} wrong {row['wrong']}"
                 )
         finally:
