@@ -105,13 +105,25 @@ class PoseEstimator:
         return RawOutput(out.heatmaps[0, :k], out.heatmaps[0, k], kpts.view(k, 2, *kpts.shape[-2:]), transform)
 
     def predict(
-        self, image: np.ndarray, scales: list[float] | None = None, flip: bool | None = None, **decode: Any
+        self,
+        image: np.ndarray,
+        scales: list[float] | None = None,
+        flip: bool | None = None,
+        min_score: float | None = None,
+        **decode: Any,
     ) -> PoseResult:
-        """Poses of one image; ``decode`` overrides thresholds of :class:`~pose.config.DecodeConfig`."""
-        return self.predict_batch([image], scales, flip, **decode)[0]
+        """Poses of one image scoring at least ``min_score`` (default: the model's ``test.score_threshold``;
+        0 keeps all, as COCO evaluation needs); ``decode`` overrides :class:`~pose.config.DecodeConfig`."""
+        return self.predict_batch([image], scales, flip, min_score, **decode)[0]
 
     def predict_batch(
-        self, images: list[np.ndarray], scales: list[float] | None = None, flip: bool | None = None, **decode: Any
+        self,
+        images: list[np.ndarray],
+        scales: list[float] | None = None,
+        flip: bool | None = None,
+        min_score: float | None = None,
+        **decode: Any,
     ) -> list[PoseResult]:
         """Poses of several images of any sizes, decoded as one batch."""
-        return self.pipeline.run(images, flip, scales, **decode)[0]
+        threshold = self.config.test.score_threshold if min_score is None else min_score
+        return [poses.above(threshold) for poses in self.pipeline.run(images, flip, scales, **decode)[0]]

@@ -67,7 +67,9 @@ def predict(
     overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
     scales: ScalesOpt = None,
-    min_score: Annotated[float, typer.Option(help="drop poses scoring below this in overlays")] = 0.0,
+    min_score: Annotated[
+        float | None, typer.Option(help="drop poses scoring below this (default: the model's test.score_threshold)")
+    ] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Detect every person's keypoints; writes ``predictions.json`` (COCO results) and optional overlays."""
@@ -81,10 +83,10 @@ def predict(
     paths = _images(inputs)
     for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
         image = est.read_image(path)
-        poses = est.predict(image, scales=scales, flip=flip)
+        poses = est.predict(image, scales=scales, flip=flip, min_score=min_score)
         results += coco_results(_image_id(path, index), poses.keypoints, poses.scores)
         if overlay:
-            people = to_people(poses.keypoints, poses.scores, poses.boxes, min_score=min_score)
+            people = to_people(poses.keypoints, poses.scores, poses.boxes)
             drawn = draw_people(image, people, est.config.keypoints.skeleton)
             (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
     (out / "predictions.json").write_text(json.dumps(results))

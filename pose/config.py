@@ -158,11 +158,15 @@ def check_scales(scales: list[float], grouped: bool = True) -> list[float]:
 
 
 class TestConfig(_Strict):
-    """Test-time augmentation defaults."""
+    """Test-time defaults: augmentation, and which poses are worth reporting."""
 
     flip: bool = True
     scales: list[float] = [1.0]
     flip_shift: int = 3  # flipped input is shifted left by this many input pixels (authors' choice)
+    # Poses scoring below this are not reported by the service, the CLI and the Python API; chosen per
+    # model on held-out data so an empty image yields no people. COCO evaluation keeps every pose (AP
+    # rewards a long ranked list), as the authors do.
+    score_threshold: float = Field(0.0, ge=0)
 
     @field_validator("scales")
     @classmethod

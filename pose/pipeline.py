@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,13 @@ class PoseResult:
     grouping_scores: Tensor  # (P,) mean joint score
     center_scores: Tensor  # (P,)
     boxes: Tensor  # (P, 4) x, y, w, h
+
+    def above(self, min_score: float) -> PoseResult:
+        """The poses scoring at least ``min_score``, in the same order; a threshold of 0 keeps every pose."""
+        if min_score <= 0:
+            return self
+        keep = self.scores >= min_score
+        return PoseResult(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 @dataclass

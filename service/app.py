@@ -1,44 +1,30 @@
-"""The FastAPI application: model loading and warm-up, routers, metrics middleware, graceful drain."""
+"""The FastAPI application: model loading and warm-up, routers, request middleware, graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, Response
-from fastapi.openapi.utils import get_openapi
+from fastapi import FastAPI
 
 from pose.config import ModelConfig, load_model_config
 from pose.pipeline import BatchPipeline
 from pose.rescore import ScoringNet, load_scoring_net
+from service.admission import ImageIntake
 from service.backends import Backend, create_backend, describe_runtime
 from service.batcher import DynamicBatcher
+from service.deps import ServiceState
 from service.errors import register_exception_handlers
 from service.metrics import Metrics
-from service.schemas import PoseRequest, RuntimeInfo
+from service.middleware import RequestMiddleware
+from service.options import PoseOptions, RunOptions, resolve_options
 from service.settings import Settings
 
 log = logging.getLogger("pose.service")
-
-
-@dataclass
-class ServiceState:
-    """What the routes reach through ``request.app.state.service``."""
-
-    settings: Settings
-    metrics: Metrics
-    config: ModelConfig | None = None
-    backend: Backend | None = None
-    pipeline: BatchPipeline | None = None
-    batcher: DynamicBatcher | None = None
-    runtime: RuntimeInfo | None = None  # what the backend runs, refreshed after each batch on CUDA
-    ready: bool = False
 
 
 def _load(settings: Settings) -> tuple[ModelConfig, Backend, BatchPipeline]:
@@ -68,26 +54,25 @@ def _warm_up(state: ServiceState) -> None:
     sizes = sorted({min(2**i, size) for i in range(size.bit_length() + 1)})
     graphs = getattr(state.backend, "graphs", None)
     shapes = COMMON_SHAPES if graphs is not None else COMMON_SHAPES[1:2]
+    assert state.config is not None
+    run = resolve_options(PoseOptions(), state.settings, state.config).run
     for h, w in shapes:
         image = np.zeros((h, w, 3), np.uint8)
         for n in sizes:
-            state.pipeline.run([image] * n, state.settings.flip, state.settings.scales)
+            state.pipeline.run([image] * n, run.flip, run.scales)
     _record_runtime(state)
 
 
 def _record_runtime(state: ServiceState) -> None:
     assert state.backend is not None
-    settings = state.settings
     state.runtime = describe_runtime(state.backend)
-    state.metrics.record_runtime(state.runtime.backend, settings.device, state.runtime)
+    state.metrics.record_runtime(state.runtime.backend, state.settings.device, state.runtime)
 
 
 def _run_batch(state: ServiceState):  # noqa: ANN202 - a closure with the batcher's signature
-    settings = state.settings
-
-    def run(images, flip):  # noqa: ANN001, ANN202
+    def run(images, options: RunOptions):  # noqa: ANN001, ANN202
         assert state.pipeline is not None
-        out = state.pipeline.run(images, settings.flip if flip is None else flip, settings.scales)
+        out = state.pipeline.run(images, options.flip, options.scales)
         if torch.cuda.is_available() and state.pipeline.device.type == "cuda":
             state.metrics.gpu_memory.set(torch.cuda.memory_allocated(state.pipeline.device))
             _record_runtime(state)  # graphs recorded on first use of a shape, or dropped
@@ -115,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.metrics,
         )
         state.batcher.start()
+        batcher = state.batcher
+        state.intake = ImageIntake(settings, state.metrics, retry_after_s=lambda: batcher.last_batch_s)
         state.ready = True
         log.info("ready: %s on %s (%s backend)", settings.model, settings.device, settings.backend)
         try:
@@ -122,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.ready = False
             await state.batcher.close(settings.drain_timeout_s)
+            state.intake.close()
 
     app = FastAPI(
         title="Pose estimation service",
@@ -133,21 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     register_exception_handlers(app)
 
-    @app.middleware("http")
-    async def record_requests(request: Request, call_next):  # noqa: ANN001, ANN202
-        if request.url.path != "/v1/pose":
-            return await call_next(request)
-        state.metrics.inflight.inc()
-        start = time.perf_counter()
-        status = 500
-        try:
-            response: Response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            state.metrics.inflight.dec()
-            state.metrics.request_seconds.observe(time.perf_counter() - start)
-            state.metrics.requests.labels(status=str(status)).inc()
+    app.add_middleware(RequestMiddleware, metrics=state.metrics)
 
     from service.routes import health_router, models_router, pose_router
 
@@ -155,16 +129,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(health_router)
 
-    def openapi() -> dict:
-        """The generated schema plus the JSON request body, which the route parses itself."""
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            body = PoseRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["PoseRequest"] = body
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def start_drain(app: FastAPI) -> None:
+    """What SIGTERM starts at once: readiness turns 503 and the batcher drains within ``drain_timeout_s``
+    (the lifespan's shutdown then finds it done, so the drain is counted once)."""
+    state: ServiceState = app.state.service
+    state.ready = False
+    if state.batcher is not None:
+        state.batcher.drain(state.settings.drain_timeout_s)

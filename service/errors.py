@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import request_id_var
+
 log = logging.getLogger("pose.service")
 
 
@@ -32,6 +34,12 @@ class InvalidRequestError(ServiceError):
     status, code = 400, "invalid_request"
 
 
+class InvalidOptionError(ServiceError):
+    """An option that passed its own type check but not the loaded model's (same status as the former)."""
+
+    status, code = 422, "invalid_request"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     status, code = 415, "unsupported_media_type"
 
@@ -52,20 +60,36 @@ class QueueFullError(ServiceError):
     status, code = 429, "queue_full"
 
 
+class BusyError(ServiceError):
+    """Too many pixels in flight: the request was refused before any of its images was decoded."""
+
+    status, code = 429, "busy"
+
+
 class ClientDisconnectedError(ServiceError):
-    status, code = 499, "client_closed_request"  # nginx's convention; nobody reads it
+    status, code = 499, "client_closed_request"  # nginx's convention: nobody reads it, the metrics label does
 
 
 class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class ShuttingDownError(ServiceError):
+    status, code = 503, "shutting_down"
+
+
 class RequestTimeoutError(ServiceError):
     status, code = 504, "timeout"
 
 
+MAX_MESSAGE_CHARS = 300  # a message names the problem; it never carries the input back
+
+
 def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+    """The one error shape; the request id lets a client's report be found in the logs."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "\u2026"
+    return {"error": {"code": code, "message": message, "request_id": request_id_var.get()}}
 
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -82,8 +106,13 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)
-        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
+        # Runs outside the request middleware (Starlette's outermost layer), so it sets the id header itself.
+        log.exception("unexpected error", exc_info=exc)  # the details go to the log, not to the client
+        return JSONResponse(
+            error_body("internal_error", "internal error; the service's log has the details under this request id"),
+            status_code=500,
+            headers={"X-Request-ID": request_id_var.get()},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,13 +2,15 @@
 
 The type is sniffed from magic bytes (the client's Content-Type is not trusted), the size is read from
 the header and capped before any pixel is allocated (decompression bombs), truncated JPEGs are refused
-rather than half-decoded, and EXIF orientation is applied so a phone photo comes out upright.
+rather than half-decoded, and EXIF orientation is applied so a phone photo comes out upright. Pillow only
+reads headers here (its own bomb limit stays in force); OpenCV decodes the pixels.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -16,10 +18,10 @@ from PIL import Image, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 
-__all__ = ["SUPPORTED_TYPES", "decode_image", "sniff_type"]
+__all__ = ["SUPPORTED_TYPES", "ImageHeader", "decode_image", "decode_pixels", "read_header", "sniff_type"]
 
-SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp")
-Image.MAX_IMAGE_PIXELS = None  # our own cap applies, from the header, before decoding
+SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
+_PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP"}
 
 
 def sniff_type(data: bytes) -> str:
@@ -30,28 +32,48 @@ def sniff_type(data: bytes) -> str:
         return "image/png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    raise UnsupportedMediaTypeError("not a JPEG, PNG or WebP image (checked from the file's bytes)")
+    if data.startswith(b"BM"):
+        return "image/bmp"
+    raise UnsupportedMediaTypeError("not a JPEG, PNG, WebP or BMP image (checked from the file's bytes)")
 
 
-def _header_size(data: bytes) -> tuple[int, int]:
+def _header_size(data: bytes, kind: str) -> tuple[int, int]:
+    name = kind.split("/")[1].upper()
     try:
-        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
-            warnings.simplefilter("ignore")
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InvalidImageError(f"corrupt image header: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap is checked next
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"the {name} header claims more pixels than any image this service decodes") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        # Pillow's messages name its file object (a repr with an address): say what went wrong instead.
+        raise InvalidImageError(f"corrupt {name} header: its size cannot be read") from None
 
 
-def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> np.ndarray:
-    """Decode JPEG, PNG or WebP bytes to an upright HWC uint8 RGB array.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read before any pixel is decoded."""
 
-    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped). The aspect ratio is capped
-    because the network input keeps the short side fixed: a 1x10000 strip would need a 512x5 million canvas.
+    kind: str  # MIME type sniffed from the bytes
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> ImageHeader:
+    """Type and size from the header, refusing what should not be decoded.
+
+    The aspect ratio is capped because the network input keeps the short side fixed: a 1x10000 strip would
+    need a 512x5 million canvas.
     """
     if not data:
         raise InvalidImageError("empty image")
     kind = sniff_type(data)
-    width, height = _header_size(data)
+    width, height = _header_size(data, kind)
     if width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if min(width, height) < min_side:
@@ -62,7 +84,20 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: fl
         )
     if kind == "image/jpeg" and b"\xff\xd9" not in data[-64:].rstrip(b"\x00\n\r "):
         raise InvalidImageError("truncated JPEG: no end-of-image marker")
+    return ImageHeader(kind, width, height)
+
+
+def decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
+    """Decode bytes whose header passed :func:`read_header` to an upright HWC uint8 RGB array.
+
+    Grayscale, palette, RGBA and 16-bit images become 8-bit RGB (alpha dropped).
+    """
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
     if image is None or image.size == 0:
-        raise InvalidImageError(f"cannot decode the {kind.split('/')[1].upper()} data (corrupt or truncated)")
+        raise InvalidImageError(f"cannot decode the {header.kind.split('/')[1].upper()} data (corrupt or truncated)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: float = 8.0) -> np.ndarray:
+    """:func:`read_header` then :func:`decode_pixels`."""
+    return decode_pixels(data, read_header(data, max_pixels, min_side, max_aspect))

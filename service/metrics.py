@@ -37,6 +37,9 @@ class Metrics:
         )
         self.queue_depth = Gauge("pose_queue_depth", "Requests waiting for a batch", registry=r)
         self.inflight = Gauge("pose_inflight_requests", "Requests being handled", registry=r)
+        self.inflight_pixels = Gauge(
+            "pose_inflight_pixels", "Decoded pixels admitted and not yet answered (the in-flight budget)", registry=r
+        )
         self.gpu_memory = Gauge("pose_gpu_memory_bytes", "CUDA memory allocated by the model's process", registry=r)
         self.backend_info = Gauge(
             "pose_backend_info",

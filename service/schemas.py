@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.options import PoseOptions
 
 
 class Keypoint(BaseModel):
@@ -51,18 +53,36 @@ class PoseResponse(BaseModel):
 
 
 class JsonImage(BaseModel):
-    data: str = Field(description="base64-encoded JPEG, PNG or WebP bytes")
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        description="base64-encoded JPEG, PNG, WebP or BMP bytes",
+        json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"},
+    )
 
 
-class PoseRequest(BaseModel):
-    """JSON variant: one or several base64 images; options may also be given as query parameters."""
+class PoseRequest(PoseOptions):
+    """JSON variant: one or several base64 images plus the options (which override query parameters)."""
 
     images: list[JsonImage] = Field(min_length=1)
-    score_threshold: float | None = Field(None, ge=0)
-    max_people: int | None = Field(None, ge=1, le=30)
-    flip: bool | None = None
-    overlay: bool | None = None
-    format: Literal["people", "coco"] | None = None
+
+
+def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with nested models written in place: a body that the route parses itself is
+    declared through ``openapi_extra``, where references to ``$defs`` would point nowhere."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def expand(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return expand(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: expand(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [expand(v) for v in node]
+        return node
+
+    return expand(schema)
 
 
 class RuntimeInfo(BaseModel):
@@ -93,6 +113,8 @@ class ModelInfo(BaseModel):
     input_size: int
     flip: bool
     scales: list[float]
+    score_threshold: float
+    max_people: int
     backend: str
     device: str
     max_batch_size: int

@@ -56,12 +56,24 @@ class Settings(BaseSettings):
     min_image_side: int = Field(1, ge=1, description="smaller images get 400")
     max_aspect_ratio: float = Field(8.0, ge=1, description="long side / short side beyond which images get 400")
     max_images_per_request: int = Field(16, ge=1)
+    max_request_pixels: int = Field(
+        40_000_000, ge=1, description="decoded pixels one request may hold, summed over its images; more get 413"
+    )
+    max_inflight_pixels: int = Field(
+        120_000_000, ge=1, description="decoded pixels held by all requests in flight; a request beyond gets 429"
+    )
+    decode_workers: int = Field(2, ge=1, description="threads that parse bodies and decode images")
+    threads: int | None = Field(None, ge=1, description="torch and OpenCV threads (None: the container's CPU quota)")
     flip: bool | None = Field(None, description="flip-test default (None: the model's)")
     scales: list[float] | None = Field(None, description="test scales default (None: the model's)")
+    score_threshold: float | None = Field(
+        None, ge=0, description="poses scoring below this are dropped (None: the model's test.score_threshold)"
+    )
     api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
     warmup: bool = True
     drain_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for queued requests")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
     host: str = "0.0.0.0"
     port: int = 8000
 
@@ -71,6 +83,8 @@ class Settings(BaseSettings):
             raise ValueError("half precision needs a CUDA device")
         if self.scales is not None:
             check_scales(self.scales)
+        if self.max_request_pixels > self.max_inflight_pixels:
+            raise ValueError("max_request_pixels must not exceed max_inflight_pixels: such a request never fits")
         if self.api_key_file is not None:
             if self.api_key is not None:
                 raise ValueError("set api_key or api_key_file, not both")

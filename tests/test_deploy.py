@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -126,19 +127,24 @@ def test_configmap_holds_only_settings_the_service_accepts(name: str, monkeypatc
 
 
 @pytest.mark.parametrize("name", list(VALUES))
-def test_grace_period_outlasts_prestop_and_drain(name: str) -> None:
+def test_grace_period_is_derived_from_prestop_drain_and_the_servers_margin(name: str) -> None:
+    from service.__main__ import SHUTDOWN_MARGIN_S
+
     objs = objects(name)
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
     pre_stop = int(container(objs)["lifecycle"]["preStop"]["exec"]["command"][1])
     drain = float(_settings_map(objs)["POSE_DRAIN_TIMEOUT_S"])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    # SIGTERM to exit takes at most drain + margin (service/__main__.py); SIGKILL must come after that.
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + math.ceil(drain) + SHUTDOWN_MARGIN_S
 
 
-def test_chart_refuses_a_grace_period_that_would_kill_the_drain() -> None:
+def test_chart_derives_the_grace_period_and_refuses_one_set_by_hand() -> None:
     import helm_python
 
-    with pytest.raises(helm_python.HelmRenderError, match="terminationGracePeriodSeconds"):
-        render.render(CHART, {"terminationGracePeriodSeconds": 35, "preStopSleepSeconds": 10})
+    objs = render.render(CHART, {"preStopSleepSeconds": 3, "settings": {"drainTimeoutS": 12.5}})
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 3 + 13 + 5 + 1
+    with pytest.raises(helm_python.HelmValuesError, match="terminationGracePeriodSeconds"):
+        render.render(CHART, {"terminationGracePeriodSeconds": 35})
 
 
 def test_schema_rejects_typos_and_bad_values() -> None:
@@ -251,8 +257,10 @@ def test_compose_stack_scrapes_the_service_and_mounts_what_exists(served: Callab
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (ROOT / "docker" / source).exists(), source
+    from service.__main__ import SHUTDOWN_MARGIN_S
+
     grace = float(pose["stop_grace_period"].rstrip("s"))
-    assert grace > float(pose["environment"]["POSE_DRAIN_TIMEOUT_S"])
+    assert grace > float(pose["environment"]["POSE_DRAIN_TIMEOUT_S"]) + SHUTDOWN_MARGIN_S
 
 
 def test_dockerfile_healthchecks_hit_the_readiness_route(served: Callable[[str], int]) -> None:

@@ -46,10 +46,14 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-def png(array: np.ndarray) -> bytes:
+def encoded(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
+    Image.fromarray(array).save(buf, fmt)
     return buf.getvalue()
+
+
+def png(array: np.ndarray) -> bytes:
+    return encoded(array, "PNG")
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -147,6 +151,7 @@ GOOD_VARIANTS = {
     "rgba png": (png(np.full((20, 30, 4), 200, np.uint8)), (30, 20)),
     "16-bit png": (png(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100), (30, 20)),
     "1x1 png": (png(np.zeros((1, 1, 3), np.uint8)), (1, 1)),
+    "bmp": (encoded(np.full((20, 30, 3), 90, np.uint8), "BMP"), (30, 20)),
     "exif-rotated jpeg": (exif_rotated_jpeg(), (20, 60)),
 }
 
@@ -184,14 +189,46 @@ def test_bad_input_gets_a_clear_4xx_and_the_service_keeps_serving(client: TestCl
 def test_bad_json_and_parameters(client: TestClient) -> None:
     r = client.post("/v1/pose", json={"images": [{"data": "not base64!!"}]})
     assert r.status_code == 400 and "base64" in r.json()["error"]["message"]
-    assert client.post("/v1/pose", json={"images": []}).status_code == 400
-    assert client.post("/v1/pose", content=b"{", headers={"content-type": "application/json"}).status_code == 400
-    r = client.post(
-        "/v1/pose", content=PHOTO.read_bytes(), params={"max_people": 0}, headers={"content-type": "image/jpeg"}
-    )
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.post("/v1/pose", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", json={"images": []})
+    assert r.status_code == 422 and "body.images" in r.json()["error"]["message"]
     r = client.post("/v1/pose", files={"other": (None, "text")})
-    assert r.status_code == 400 and "no file part" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "unexpected multipart field 'other'" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", files={"picture": ("p.png", png(np.zeros((8, 8, 3), np.uint8)), "image/png")})
+    assert r.status_code == 400 and "'picture'" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", files={"image": (None, "text")})
+    assert r.status_code == 400 and "must be a file" in r.json()["error"]["message"]
+
+
+BAD_OPTIONS = {
+    "max_people below 1": ({"max_people": 0}, "max_people"),
+    "max_people above the model's": ({"max_people": 31}, "max_people: at most 30"),
+    "negative threshold": ({"score_threshold": -1}, "score_threshold"),
+    "scales without 1.0": ({"scales": [2.0]}, "include 1.0"),
+    "unknown option": ({"maxpeople": 3}, "maxpeople"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPTIONS))
+def test_a_bad_option_gets_the_same_422_in_a_query_and_in_json(client: TestClient, name: str) -> None:
+    option, named = BAD_OPTIONS[name]
+    image = png(np.zeros((8, 8, 3), np.uint8))
+    by_query = client.post("/v1/pose", content=image, params=option, headers={"content-type": "image/png"})
+    by_json = client.post("/v1/pose", json={"images": [{"data": base64.b64encode(image).decode()}], **option})
+    for r in (by_query, by_json):
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_request" and named in r.json()["error"]["message"]
+
+
+def test_json_options_override_query_options(client: TestClient) -> None:
+    image = base64.b64encode(PHOTO.read_bytes()).decode()
+    r = client.post(
+        "/v1/pose", params={"max_people": 3, "format": "coco"}, json={"images": [{"data": image}], "max_people": 1}
+    )
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    assert len(result["people"]) == 1 and len(result["coco"]) == 1
 
 
 def test_metrics_expose_the_documented_series(client: TestClient) -> None:
@@ -279,11 +316,34 @@ def test_api_key_can_come_from_a_mounted_secret_file(tmp_path: Path) -> None:
         settings(api_key_file=tmp_path / "empty")
 
 
-def test_openapi_documents_every_body_type(client: TestClient) -> None:
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for v in node.values() for r in _refs(v)]
+    return [r for v in node for r in _refs(v)] if isinstance(node, list) else []
+
+
+def test_openapi_documents_every_body_type_options_and_security(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    content = spec["paths"]["/v1/pose"]["post"]["requestBody"]["content"]
-    assert set(content) == {"image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"}
-    assert "PoseRequest" in spec["components"]["schemas"] and "PoseResponse" in spec["components"]["schemas"]
+    operation = spec["paths"]["/v1/pose"]["post"]
+    content = operation["requestBody"]["content"]
+    assert set(content) == {
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "multipart/form-data",
+        "application/json",
+    }
+    body = content["application/json"]["schema"]
+    assert body["properties"]["images"]["items"]["properties"]["data"]["contentEncoding"] == "base64"
+    options = {"score_threshold", "max_people", "flip", "scales", "overlay", "format"}
+    assert options <= set(body["properties"])  # the same options, declared once
+    assert options == {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    for ref in _refs(spec):  # every reference points at a declared schema
+        assert ref.removeprefix("#/components/schemas/") in spec["components"]["schemas"], ref
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+    assert {name for req in operation["security"] for name in req} == set(schemes)
 
 
 def test_settings_refuse_scales_the_decoder_cannot_group() -> None:
@@ -292,3 +352,115 @@ def test_settings_refuse_scales_the_decoder_cannot_group() -> None:
     with pytest.raises(ValueError, match="positive"):
         settings(scales=[1.0, 0.0])
     assert settings(scales=[2.0, 1.0]).scales == [2.0, 1.0]
+
+
+def test_request_id_is_returned_on_every_response_and_in_error_bodies(client: TestClient) -> None:
+    r = client.get("/health/live", headers={"x-request-id": "trace-42.a:b"})
+    assert r.headers["x-request-id"] == "trace-42.a:b"
+    generated = client.get("/nowhere").headers["x-request-id"]
+    assert len(generated) == 32 and generated != client.get("/nowhere").headers["x-request-id"]
+    forged = client.get("/health/live", headers={"x-request-id": "a\tb" + "x" * 200}).headers["x-request-id"]
+    assert forged != "a\tb" + "x" * 200 and len(forged) == 32  # not echoed into logs and headers
+    r = client.post("/v1/pose", content=b"", headers={"content-type": "image/png", "x-request-id": "req-1"})
+    assert r.status_code == 400 and r.headers["x-request-id"] == "req-1"
+    assert r.json()["error"]["request_id"] == "req-1"
+    r = client.post("/v1/pose", params={"max_people": 0}, content=b"", headers={"content-type": "image/png"})
+    assert r.status_code == 422 and r.json()["error"]["request_id"] == r.headers["x-request-id"]
+
+
+def test_a_client_that_left_takes_no_batch_slot_and_is_counted_apart() -> None:
+    image = png(np.zeros((16, 16, 3), np.uint8))
+
+    async def scenario() -> tuple[list[dict], str]:
+        app = create_app(settings(warmup=False))
+        sent: list[dict] = []
+        messages = [{"type": "http.request", "body": image, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}  # then the client is gone
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/pose",
+            "raw_path": b"/v1/pose",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(image)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                metrics = (await c.get("/metrics")).text
+        return sent, metrics
+
+    sent, metrics = asyncio.run(scenario())
+    assert sent[0]["status"] == 499
+    assert 'pose_requests_total{status="499"} 1.0' in metrics
+    assert "pose_batch_size_count 0.0" in metrics  # no batch ran for it
+
+
+def test_log_lines_carry_the_request_id_as_text_or_json() -> None:
+    import json
+    import logging
+
+    from service.logs import JsonFormatter, configure_logging, request_id_var
+
+    saved = logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        configure_logging("json")
+        (handler,) = logging.getLogger().handlers
+        assert isinstance(handler.formatter, JsonFormatter)
+        token = request_id_var.set("rid-7")
+        record = logging.LogRecord("pose.access", logging.INFO, __file__, 1, "POST %s", ("/v1/pose",), None)
+        handler.filter(record)
+        request_id_var.reset(token)
+        line = json.loads(handler.format(record))
+        assert line["request_id"] == "rid-7" and line["message"] == "POST /v1/pose" and line["level"] == "INFO"
+        configure_logging("text")
+        (handler,) = logging.getLogger().handlers
+        handler.filter(record)
+        assert "[rid-7]" in handler.format(record)
+    finally:
+        logging.getLogger().handlers[:], level = saved
+        logging.getLogger().setLevel(level)
+
+
+def test_error_messages_are_capped_and_never_echo_the_input(client: TestClient) -> None:
+    junk = b'{"images": [' + b"9" * 1_000_000  # 1 MB of broken JSON
+    r = client.post("/v1/pose", content=junk, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and len(r.content) < 1000 and "9999" not in r.text
+    huge_option = {"images": [{"data": "AAAA"}], "format": "x" * 100_000}
+    r = client.post("/v1/pose", json=huge_option)
+    assert r.status_code == 422 and len(r.content) < 1000 and "xxxx" not in r.text
+    r = client.post("/v1/pose", content=b"\x89PNG\r\n\x1a\n" + b"\0" * 64, headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "object at 0x" not in r.text and "PNG header" in r.json()["error"]["message"]
+    r = client.post("/v1/pose", content=b"BM" + b"\0" * 64, headers={"content-type": "image/bmp"})
+    assert r.status_code == 400 and "BMP header" in r.json()["error"]["message"]
+
+
+def test_pillow_keeps_its_own_decompression_bomb_limit() -> None:
+    import service.imaging  # noqa: F401 - importing the service must not lift the process-wide limit
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+
+
+def test_an_unexpected_failure_is_a_500_without_internals() -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("secret internal state at 0xdeadbeef")
+
+    # raise_server_exceptions=False: answer as a server would, instead of re-raising into the test
+    with TestClient(create_app(settings(warmup=False)), raise_server_exceptions=False) as c:
+        c.app.state.service.pipeline.run = broken
+        r = c.post("/v1/pose", content=png(np.zeros((8, 8, 3), np.uint8)), headers={"content-type": "image/png"})
+    assert r.status_code == 500 and "secret" not in r.text and "RuntimeError" not in r.text
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]

@@ -79,3 +79,24 @@ def test_service_returns_the_people_of_a_posted_scene() -> None:
     people_out = [p for p in body["results"][0]["people"] if p["score"] > 0.1]
     detected = np.array([[[k["x"], k["y"], k["score"]] for k in p["keypoints"]] for p in people_out])
     assert found(people, detected.reshape(-1, 17, 3)) >= 0.75
+
+
+def test_the_models_score_threshold_leaves_plain_images_empty_through_the_api_and_the_service() -> None:
+    est = PoseEstimator.from_config(DEFAULT_MODEL)
+    assert est.config.test.score_threshold == 0.05  # chosen on the dev split (model card)
+    plain = np.full((256, 256, 3), 128, np.uint8)
+    assert len(est.predict(plain, min_score=0.0).scores) > 0  # the decoder always proposes candidates...
+    assert len(est.predict(plain).scores) == 0  # ...and the default threshold drops them
+    ok, png_bytes = cv2.imencode(".png", plain)
+    assert ok
+    with TestClient(create_app(Settings(warmup=False))) as client:
+        r = client.post("/v1/pose", content=png_bytes.tobytes(), headers={"content-type": "image/png"})
+        assert r.status_code == 200 and r.json()["results"][0]["people"] == []
+        assert client.get("/v1/models").json()["models"][0]["score_threshold"] == 0.05
+        r = client.post(
+            "/v1/pose",
+            content=png_bytes.tobytes(),
+            params={"score_threshold": 0},
+            headers={"content-type": "image/png"},
+        )
+        assert r.json()["results"][0]["people"]  # a request may still ask for everything

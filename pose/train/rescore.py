@@ -67,7 +67,7 @@ def collect_rescore_data(
     entries = info["images"][:max_images]
     for entry in tqdm(entries, desc="rescore data", unit="img", disable=not progress):
         image = estimator.read_image(Path(images) / entry["file_name"])
-        poses = estimator.predict(image, flip=flip, rescore=False)
+        poses = estimator.predict(image, flip=flip, min_score=0.0, rescore=False)
         order = torch.argsort(poses.grouping_scores, descending=True, stable=True)[:max_detections]
         if order.numel() == 0:
             continue

@@ -57,10 +57,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml $res }}
 {{- end }}
 
-{{/* Refuse a grace period that would SIGKILL the drain. */}}
-{{- define "pose.checkShutdown" -}}
-{{- $needed := add .Values.preStopSleepSeconds (int (ceil .Values.settings.drainTimeoutS)) }}
-{{- if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + settings.drainTimeoutS (%d)" (int .Values.terminationGracePeriodSeconds) (int $needed)) }}
-{{- end }}
+{{/* The pod's grace period, derived so SIGKILL never cuts the drain: the preStop sleep, then the service's
+one drain (settings.drainTimeoutS), then its shutdown margin (SHUTDOWN_MARGIN_S in service/__main__.py:
+writing the last answers), then a second for the kubelet. */}}
+{{- define "pose.terminationGracePeriod" -}}
+{{- add .Values.preStopSleepSeconds (int (ceil .Values.settings.drainTimeoutS)) 5 1 }}
 {{- end }}

@@ -1,0 +1,107 @@
+"""What routes depend on, named as types (``SettingsDep``, ``ModelDep``, ``RuntimeDep``, ``BatcherDep``,
+``ApiKey``)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from pose.config import ModelConfig
+from service.admission import ImageIntake
+from service.batcher import DynamicBatcher
+from service.errors import NotReadyError, UnauthorizedError
+from service.metrics import Metrics
+from service.schemas import RuntimeInfo
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from pose.pipeline import BatchPipeline
+    from service.backends import Backend
+
+
+@dataclass
+class ServiceState:
+    """One app's model, batcher and metrics; the lifespan fills it, dependencies hand out its parts."""
+
+    settings: Settings
+    metrics: Metrics
+    config: ModelConfig | None = None
+    backend: Backend | None = None
+    pipeline: BatchPipeline | None = None
+    batcher: DynamicBatcher | None = None
+    intake: ImageIntake | None = None
+    runtime: RuntimeInfo | None = None  # what the backend runs, refreshed after each batch on CUDA
+    ready: bool = False
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
+
+
+def get_settings(service: ServiceDep) -> Settings:
+    return service.settings
+
+
+def get_metrics(service: ServiceDep) -> Metrics:
+    return service.metrics
+
+
+def get_model(service: ServiceDep) -> ModelConfig:
+    if service.config is None:
+        raise NotReadyError("the model is not loaded yet")
+    return service.config
+
+
+def get_runtime(service: ServiceDep) -> RuntimeInfo:
+    if service.runtime is None:
+        raise NotReadyError("the model is not loaded yet")
+    return service.runtime
+
+
+def get_batcher(service: ServiceDep) -> DynamicBatcher:
+    if not service.ready or service.batcher is None:
+        raise NotReadyError("the model is not loaded yet")
+    return service.batcher
+
+
+def get_intake(service: ServiceDep) -> ImageIntake:
+    if not service.ready or service.intake is None:
+        raise NotReadyError("the model is not loaded yet")
+    return service.intake
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ModelDep = Annotated[ModelConfig, Depends(get_model)]
+RuntimeDep = Annotated[RuntimeInfo, Depends(get_runtime)]
+BatcherDep = Annotated[DynamicBatcher, Depends(get_batcher)]
+IntakeDep = Annotated[ImageIntake, Depends(get_intake)]
+
+# Declared as security schemes so the OpenAPI schema tells clients how to authenticate; the check itself
+# is ours, because the key is optional (no key configured: open service).
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
+_bearer = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
+
+
+def require_api_key(
+    settings: SettingsDep,
+    api_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """When an API key is configured, accept it as ``X-API-Key`` or ``Authorization: Bearer``."""
+    expected = settings.api_key
+    if expected is None:
+        return
+    given = api_key or (bearer.credentials if bearer is not None else None)
+    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise UnauthorizedError("missing or wrong API key")
+
+
+ApiKey = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,86 @@
+"""Per-request options: declared once (query string and JSON body alike), resolved once.
+
+A request leaves an option unset to get the service's default (``POSE_*`` settings), and the service
+leaves it unset to get the model's (``model_repo/<name>/config.yaml``). :func:`resolve_options` is the
+only place that walks that chain, so the batcher, the response builder and ``/v1/models`` agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pose.config import ModelConfig, check_scales
+from service.errors import InvalidOptionError
+from service.settings import Settings
+
+__all__ = ["MAX_SCALE", "PoseOptions", "ResolvedOptions", "RunOptions", "resolve_options"]
+
+MAX_SCALE = 2.0  # a scale of s costs about s^2 times the network time of scale 1
+Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
+
+
+class PoseOptions(BaseModel):
+    """Options of ``POST /v1/pose``; unset ones take the service's, then the model's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_threshold: float | None = Field(
+        None, ge=0, description="drop poses scoring below this (default: the model's test.score_threshold)"
+    )
+    max_people: int | None = Field(
+        None, ge=1, description="at most this many poses per image, best first (at most the model's decode.max_people)"
+    )
+    flip: bool | None = Field(None, description="flip test (default: the model's)")
+    scales: list[Scale] | None = Field(
+        None, min_length=1, max_length=4, description="test scales, 1.0 among them (default: the model's)"
+    )
+    overlay: bool = Field(False, description="return a skeleton overlay JPEG (base64)")
+    format: Literal["people", "coco"] = Field("people", description="'coco' adds COCO results entries")
+
+    @field_validator("scales")
+    @classmethod
+    def _groupable(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else check_scales(v)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What changes the network pass; requests with equal run options share a batch."""
+
+    flip: bool
+    scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """Every option with its default applied."""
+
+    run: RunOptions
+    score_threshold: float
+    max_people: int
+    overlay: bool
+    coco: bool
+
+
+def resolve_options(options: PoseOptions, settings: Settings, config: ModelConfig) -> ResolvedOptions:
+    """Apply the defaults: the request's value, else the service's setting, else the model's config."""
+    limit = config.decode.max_people
+    if options.max_people is not None and options.max_people > limit:
+        raise InvalidOptionError(
+            f"max_people: at most {limit} (the model's decode.max_people), got {options.max_people}"
+        )
+    flip = next(v for v in (options.flip, settings.flip, config.test.flip) if v is not None)
+    scales = options.scales or settings.scales or config.test.scales
+    threshold = next(
+        v for v in (options.score_threshold, settings.score_threshold, config.test.score_threshold) if v is not None
+    )
+    return ResolvedOptions(
+        run=RunOptions(flip, tuple(sorted(scales, reverse=True))),
+        score_threshold=threshold,
+        max_people=options.max_people or limit,
+        overlay=options.overlay,
+        coco=options.format == "coco",
+    )

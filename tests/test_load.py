@@ -1,0 +1,37 @@
+"""The fault load of ``bench.load`` in the suite, small: twice the service's saturation with bad inputs,
+images over budget, clients that leave and a SIGTERM mid-load; no request lost or answered twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.load import run_faults
+
+from .conftest import DATA, FIXTURES, PARITY
+
+PHOTO = DATA / "coco_sample" / "mmpose" / "000000000785.jpg"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (PHOTO.is_file() and (PARITY / "coco" / "ckpt.pth").is_file()),
+        reason="needs ../shared (tiny model, photos)",
+    ),
+]
+
+
+def test_fault_load_loses_nothing_and_keeps_every_policy() -> None:
+    report, problems = run_faults(
+        PHOTO,
+        FIXTURES / "tiny_coco_w8_256.yaml",
+        batch=4,
+        requests=40,
+        device="cpu",
+        request_pixels=1_000_000,
+        rss_budget_mb=1500,
+        POSE_WARMUP="false",  # readiness sooner; warm-up is not what this run checks
+    )
+    assert problems == [], problems  # lost, duplicated, misrouted, off-policy status, batch size, RSS, exit
+    statuses = report["statuses"]
+    for kind in ("200", "400", "413", "415", "422", "left"):  # every kind of request was sent and answered
+        assert statuses.get(kind, 0) > 0, statuses
+    assert not any(s.startswith("5") and s not in ("503", "504") for s in statuses), statuses
