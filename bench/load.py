@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,25 +31,15 @@ import httpx
 import numpy as np
 import typer
 
-from bench.common import environment, write_report
+from bench.common import environment, start_service, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(model: Path, batch: int, delay_ms: float, device: str, **env: str) -> tuple[str, subprocess.Popen]:
+def serve_for_load(model: Path, batch: int, delay_ms: float, device: str, **env: str) -> tuple[str, subprocess.Popen]:
     """``python -m service`` on a free loopback port, once ready; ``env`` adds or overrides POSE_* settings."""
-    port = _free_port()
-    env = {
-        **os.environ,
+    settings: dict[str, str | None] = {
         "POSE_MODEL": str(model),
-        "POSE_HOST": "127.0.0.1",
-        "POSE_PORT": str(port),
         "POSE_MAX_BATCH_SIZE": str(batch),
         "POSE_MAX_QUEUE_DELAY_MS": str(delay_ms),
         "POSE_DEVICE": device,
@@ -60,22 +47,7 @@ def start_service(model: Path, batch: int, delay_ms: float, device: str, **env: 
         "POSE_REQUEST_TIMEOUT_S": "600",
         **env,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("service did not become ready")
+    return start_service(settings)
 
 
 def _signature(body: dict) -> tuple[int, int, int, np.ndarray]:
@@ -325,7 +297,7 @@ def run_faults(
 ) -> tuple[dict, list[str]]:
     """Start a service (``env``: further settings), run :func:`fault_load` at twice its saturation (two full
     batches of clients), and judge the run."""
-    url, proc = start_service(model, batch, 10.0, device, **{**fault_settings(batch, request_pixels), **env})
+    url, proc = serve_for_load(model, batch, 10.0, device, **{**fault_settings(batch, request_pixels), **env})
     try:
         report = asyncio.run(fault_load(url, proc, photo.read_bytes(), 2 * batch, requests, 0.8, request_pixels))
     finally:
@@ -366,7 +338,7 @@ def main(
     payloads = [p.read_bytes() for p in sorted(images.glob("*.jpg"))]
     rows = []
     for batch in batch_sizes if url is None else [0]:
-        base, proc = (url, None) if url else start_service(model, batch, delay_ms, device)
+        base, proc = (url, None) if url else serve_for_load(model, batch, delay_ms, device)
         try:
             expected = [
                 _signature(

@@ -139,10 +139,10 @@ def pipeline_rows(images: list[np.ndarray], batches: list[int], device: str) -> 
 def service_rows(concurrency: list[int], batch: int, requests: int, device: str) -> list[dict]:
     import httpx
 
-    from bench.load import _level, _signature, start_service
+    from bench.load import _level, _signature, serve_for_load
 
     payloads = [p.read_bytes() for p in sorted((SHARED / "data/coco_sample/mmpose").glob("*.jpg"))]
-    url, proc = start_service(TINY, batch, 10.0, device)
+    url, proc = serve_for_load(TINY, batch, 10.0, device)
     try:
         expected = [
             _signature(
