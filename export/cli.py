@@ -28,25 +28,25 @@ def onnx(
     size: Annotated[str, typer.Option(help="example input HxW used for tracing")] = "512x512",
     out: Annotated[Path | None, typer.Option(help="output folder (default: <model>/<version>/)")] = None,
     record: Annotated[
-        bool, typer.Option(help="record the graphs in the model's config.yaml (off for a read-only model repo)")
+        bool, typer.Option(help="record the graphs in <model>/<version>/onnx.json (off for a read-only model repo)")
     ] = True,
 ) -> None:
-    """Export ONNX graphs and record them (opset, input/output shapes) in the model's config.yaml."""
+    """Export ONNX graphs and record them (opset, input/output shapes) in <model>/<version>/onnx.json."""
     from export.artifacts import describe_onnx, record_onnx
     from export.onnx_export import export_onnx
 
     est = _load(model, weights)
-    folder = out or (model / str(est.config.version))
+    root = model if model.is_dir() else model.parent
+    version_dir = root / str(est.config.version)
+    folder = out or version_dir
     h, w = (int(v) for v in size.split("x"))
     variants = ["portable", "plugin"] if variant == "both" else [variant]
     for v in variants:
         path = folder / ("model.onnx" if v == "portable" else "model_plugin.onnx")
         proto = export_onnx(est.model, path, v, (h, w))  # type: ignore[arg-type]
-        if record and model.is_dir():
-            record_onnx(
-                model,
-                describe_onnx(proto, str(path.relative_to(model)) if path.is_relative_to(model) else str(path), v),
-            )
+        if record:
+            relative = str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
+            record_onnx(version_dir, describe_onnx(proto, relative, v))
         typer.echo(f"{v}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -7,6 +7,7 @@ differs between models (widths, input size, keypoints, flip order, sticks, decod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ __all__ = [
     "ArchitectureConfig",
     "DecodeConfig",
     "InputConfig",
+    "ONNX_RECORD",
     "OnnxArtifact",
     "KeypointConfig",
     "ModelConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "TestConfig",
     "check_scales",
     "load_model_config",
+    "recorded_onnx",
 ]
 
 
@@ -170,13 +173,18 @@ class TestConfig(_Strict):
         return check_scales(v)
 
 
+# Exported graphs are recorded in a file of their own in the version folder, so that an export never
+# rewrites the tracked config.yaml: ``<model>/<version>/onnx.json``, a list of OnnxArtifact.
+ONNX_RECORD = "onnx.json"
+
+
 class OnnxArtifact(_Strict):
     """An exported ONNX file and its interface, written by ``pose-export onnx``."""
 
     path: str  # relative to the model folder, e.g. "1/model.onnx"
     variant: Literal["portable", "plugin"]
     opset: int
-    inputs: dict[str, list[int | str]]  # name -> shape with symbolic dims
+    inputs: dict[str, list[int | str]]  # name -> shape; dims named "batch", "height", "width/4" or fixed ints
     outputs: dict[str, list[int | str]]
 
 
@@ -193,7 +201,7 @@ class ModelConfig(_Strict):
     test: TestConfig = TestConfig()
     weights: str | None = None  # relative to the config's folder, e.g. "1/model.pth"
     rescore_weights: str | None = None
-    onnx: list[OnnxArtifact] = []  # exported graphs, filled in by the export command
+    onnx: list[OnnxArtifact] = []  # exported graphs: the config's own, then those recorded in ONNX_RECORD
     root: Path | None = Field(default=None, exclude=True)  # folder the config was read from
 
     def resolve(self, relative: str | None) -> Path | None:
@@ -213,4 +221,21 @@ def load_model_config(path: str | Path) -> ModelConfig:
     data = yaml.safe_load(file.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{file} does not hold a mapping")
-    return ModelConfig.model_validate({**data, "root": file.parent})
+    config = ModelConfig.model_validate({**data, "root": file.parent})
+    recorded = recorded_onnx(file.parent / str(config.version))
+    if not recorded:
+        return config
+    kept = [a for a in config.onnx if a.variant not in {r.variant for r in recorded}]
+    return config.model_copy(update={"onnx": [*kept, *recorded]})
+
+
+def recorded_onnx(version_dir: Path) -> list[OnnxArtifact]:
+    """The graphs ``pose-export onnx`` recorded in a version folder (none when it has not run)."""
+    file = version_dir / ONNX_RECORD
+    if not file.is_file():
+        return []
+    try:
+        entries = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); delete it and run pose-export onnx again") from None
+    return [OnnxArtifact.model_validate(e) for e in entries]
