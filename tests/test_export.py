@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,14 @@ def test_export_records_both_variants_beside_them_and_leaves_config_yaml_untouch
             "heatmaps": ["batch", 18, "height/4", "width/4"],  # 17 keypoints and the center
             "offsets": ["batch", 34, "height/4", "width/4"],
         }
+
+
+def test_export_prints_only_its_result_lines(tiny_export: Exported) -> None:
+    # No exporter chatter (training-mode warning, torchvision registration, deprecations): one line per graph.
+    lines = tiny_export.output.splitlines()
+    assert len(lines) == 2, tiny_export.output
+    assert re.fullmatch(r"portable: .*/1/model\.onnx \(\d+\.\d MB\)", lines[0])
+    assert re.fullmatch(r"plugin: .*/1/model_plugin\.onnx \(\d+\.\d MB\)", lines[1])
 
 
 def test_a_second_export_replaces_its_variant_in_the_record(tmp_path: Path) -> None:
