@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Export models and verify the exported artifacts.", no_args_is_help=True, add_completion=False)
+from pose.cli_errors import CommandLine, UserError
+
+app = CommandLine(help="Export models and verify the exported artifacts.")
 
 ModelArg = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder (its config.yaml)")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
@@ -69,7 +71,9 @@ def verify(
     cfg = est.config
     path = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "portable"), None)
     if path is None:
-        raise typer.BadParameter("no portable ONNX recorded in the config; pass --onnx")
+        raise UserError(
+            f"{model} has no portable ONNX graph recorded; run pose-export onnx --model {model} or pass --onnx"
+        )
     candidates: dict[str, Network] = {"onnxruntime": OnnxRuntimeBackend(path, cfg.keypoints.num_keypoints)}
     if engine is not None:
         from service.backends import TensorRTBackend
@@ -93,8 +97,9 @@ def _require_tensorrt():  # noqa: ANN202 - the tensorrt module, which may not be
     try:
         import tensorrt
     except ImportError:
-        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
-        raise typer.Exit(2) from None
+        raise UserError(
+            "tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU"
+        ) from None
     return tensorrt
 
 
@@ -114,7 +119,9 @@ def tensorrt(
     cfg = load_model_config(model)
     source = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "plugin"), None)
     if source is None:
-        raise typer.BadParameter("no plugin ONNX recorded in the config; run pose-export onnx first or pass --onnx")
+        raise UserError(
+            f"{model} has no plugin ONNX graph recorded; run pose-export onnx --model {model} or pass --onnx"
+        )
     engine = out or model / str(cfg.version) / "model.plan"
     meta = build_engine(cfg, source, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
     typer.echo(f"{engine}: TensorRT {meta.tensorrt_version}, sm {meta.compute_capability}, {meta.precision}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +11,10 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
+from pose.cli_errors import WEIGHTS_HINT, CommandLine, UserError
 from pose.config import DEFAULT_MODEL, check_scales
 
-app = typer.Typer(help="Bottom-up multi-person pose estimation.", no_args_is_help=True, add_completion=False)
+app = CommandLine(help="Bottom-up multi-person pose estimation.")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -47,9 +49,10 @@ def _images(inputs: list[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise typer.BadParameter(f"{path} does not exist")
+            raise UserError(f"{path} does not exist; pass image files or folders of images")
     if not found:
-        raise typer.BadParameter("no images found")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UserError(f"no images ({suffixes}) in {', '.join(map(str, inputs))}; pass image files or folders")
     return found
 
 
@@ -139,18 +142,41 @@ def evaluate(
     typer.echo("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
 
 
+def _checked(path: Path | None, load: Callable[[Path], object], if_missing: str) -> str:
+    """Whether a checkpoint is there; one that is gets loaded, so a file that does not fit raises here."""
+    if path is None:
+        return f"none named in the config; {if_missing}"
+    if not path.is_file():
+        return f"{path} missing; {if_missing}"
+    load(path)
+    return f"{path} present, keys and shapes fit the model"
+
+
 @app.command()
-def info(model: ModelOpt) -> None:
-    """Print a model's configuration summary and parameter counts."""
+def info(model: DefaultModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None) -> None:
+    """Print a model's configuration and parameter count, and check its weights and scoring net.
+
+    A checkpoint that is there is checked key by key and shape by shape against the model, so a downloaded
+    file of another architecture or dataset is caught before the first prediction.
+    """
+    from pose.checkpoint import load_weights
     from pose.config import load_model_config
     from pose.models.hrnet import create_model
+    from pose.rescore import load_scoring_net
 
     cfg = load_model_config(model)
     net = create_model(cfg)
     unique = sum(p.numel() for p in net.parameters())
+    dim = cfg.keypoints.score_feature_dim
+    weights_state = _checked(weights or cfg.resolve(cfg.weights), lambda p: load_weights(net, p), WEIGHTS_HINT)
+    rescore_state = _checked(
+        cfg.resolve(cfg.rescore_weights),
+        lambda p: load_scoring_net(p, dim),
+        "poses keep the mean of their joint scores",
+    )
     typer.echo(
         f"{cfg.name}: {cfg.description}\n  input {cfg.input.size}, {cfg.keypoints.num_keypoints} keypoints "
-        f"({cfg.keypoints.dataset}), {unique:,} parameters, weights {cfg.resolve(cfg.weights)}"
+        f"({cfg.keypoints.dataset}), {unique:,} parameters\n  weights: {weights_state}\n  scoring net: {rescore_state}"
     )
 
 
@@ -268,7 +294,7 @@ def average_weights(
         state = average_checkpoints(checkpoints)
         check_state_dict(net, state)
     except CheckpointError as err:
-        raise typer.BadParameter(str(err)) from None
+        raise UserError(f"averaging {len(checkpoints)} checkpoints: {err}") from None
     net.load_state_dict(state)
     note = "batch-norm statistics averaged too"
     if bn_annotations is not None and bn_images is not None:

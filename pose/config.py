@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pose.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MODEL",
     "ArchitectureConfig",
+    "ConfigError",
     "DecodeConfig",
     "InputConfig",
     "ONNX_RECORD",
@@ -27,7 +30,9 @@ __all__ = [
     "TestConfig",
     "check_scales",
     "load_model_config",
+    "read_yaml_mapping",
     "recorded_onnx",
+    "validate_file",
 ]
 
 
@@ -212,16 +217,41 @@ class ModelConfig(_Strict):
         return path if path.is_absolute() or self.root is None else self.root / path
 
 
+def read_yaml_mapping(file: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a file that is not one is a :class:`ConfigError` naming it."""
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file} is not valid YAML{where}: {getattr(err, 'problem', err)}; fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} does not hold a mapping of settings; fix the file")
+    return data
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
+
+
+def validate_file(schema: type[_Config], data: dict[str, Any], file: Path) -> _Config:
+    """``schema.model_validate(data)``; what fails is one :class:`ConfigError` line naming file and fields."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'top level'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
+        raise ConfigError(f"{file}: {problems}; fix the file") from None
+
+
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read ``<folder>/config.yaml`` (or a yaml file directly) into a validated :class:`ModelConfig`."""
     path = Path(path)
     file = path / "config.yaml" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"no model config at {file}")
-    data = yaml.safe_load(file.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} does not hold a mapping")
-    config = ModelConfig.model_validate({**data, "root": file.parent})
+        raise FileNotFoundError(f"no model config at {file}; a model is a model_repo/<name> folder with a config.yaml")
+    config = validate_file(ModelConfig, {**read_yaml_mapping(file), "root": file.parent}, file)
     recorded = recorded_onnx(file.parent / str(config.version))
     if not recorded:
         return config
@@ -237,5 +267,5 @@ def recorded_onnx(version_dir: Path) -> list[OnnxArtifact]:
     try:
         entries = json.loads(file.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON ({err}); delete it and run pose-export onnx again") from None
-    return [OnnxArtifact.model_validate(e) for e in entries]
+        raise ConfigError(f"{file} is not valid JSON ({err}); delete it and run pose-export onnx again") from None
+    return [validate_file(OnnxArtifact, e, file) for e in entries]
