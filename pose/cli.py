@@ -56,6 +56,12 @@ def _images(inputs: list[Path]) -> list[Path]:
     return found
 
 
+SYNTHETIC_NOTE = (
+    "note: {name} finds drawn figures like those of pose synth, not people in photos; for photos use the "
+    "authors' released checkpoints (README, 'For photos')"
+)
+
+
 def _image_id(path: Path, index: int) -> int:
     """COCO file names carry the id in their digits (000000000785.jpg); other names get their index."""
     return int(path.stem) if path.stem.isdigit() else index
@@ -78,10 +84,10 @@ def predict(
     from pose.draw import draw_people, encode_image
     from pose.results import coco_results, to_people
 
+    paths = _images(inputs)
     est = PoseEstimator.from_config(model, weights=weights, device=device)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
-    paths = _images(inputs)
     for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
         image = est.read_image(path)
         poses = est.predict(image, scales=scales, flip=flip)
@@ -91,6 +97,8 @@ def predict(
             drawn = draw_people(image, people, est.config.keypoints.skeleton)
             (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
     (out / "predictions.json").write_text(json.dumps(results))
+    if est.config.name == DEFAULT_MODEL.name:  # the embedded model was trained on drawings only
+        typer.echo(SYNTHETIC_NOTE.format(name=est.config.name), err=True)
     typer.echo(f"{len(results)} poses from {len(paths)} images -> {out / 'predictions.json'}")
 
 

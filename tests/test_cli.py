@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 from pose.cli import app
 from pose.cli_errors import WEIGHTS_HINT
 from pose.config import DEFAULT_MODEL, load_model_config
+from pose.data.synthetic import SceneConfig, render_scene
 from pose.models.hrnet import create_model
 
 from .conftest import FIXTURES, ROOT
@@ -162,3 +165,24 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path: Path, model_wit
 def _env() -> dict[str, str]:
     """This checkout's code first, wherever the test runs from."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+@needs_default_weights
+def test_predict_with_the_embedded_model_notes_that_it_finds_drawn_figures(tmp_path: Path) -> None:
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), render_scene(np.random.default_rng(3), SceneConfig(people=(1, 1)))[0])
+    code, lines = run("predict", image, "--out", tmp_path / "out")
+    assert code == 0, lines
+    assert lines == [
+        "note: synthetic_w16_256 finds drawn figures like those of pose synth, not people in photos; for photos use "
+        "the authors' released checkpoints (README, 'For photos')",
+        lines[1],
+    ]
+    assert lines[1].endswith(f"-> {tmp_path / 'out' / 'predictions.json'}")
+    other = tmp_path / "model"
+    other.mkdir()
+    config = yaml.safe_load((DEFAULT_MODEL / "config.yaml").read_text())
+    weights = {"weights": str(DEFAULT_MODEL / "1" / "model.pth"), "rescore_weights": None}
+    (other / "config.yaml").write_text(yaml.safe_dump({**config, **weights, "name": "figures"}))
+    code, lines = run("predict", image, "--out", tmp_path / "out", "--model", other)
+    assert code == 0 and len(lines) == 1 and lines[0].endswith("predictions.json"), lines
