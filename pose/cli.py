@@ -20,7 +20,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml")]
 DefaultModelOpt = Annotated[
-    Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml (default: the embedded one)")
+    Path,
+    typer.Option(
+        "--model", "-m", help="model_repo/<name> folder or config.yaml (default: the embedded one)", show_default=False
+    ),
 ]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
@@ -62,6 +65,11 @@ SYNTHETIC_NOTE = (
 )
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``8 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _image_id(path: Path, index: int) -> int:
     """COCO file names carry the id in their digits (000000000785.jpg); other names get their index."""
     return int(path.stem) if path.stem.isdigit() else index
@@ -79,7 +87,10 @@ def predict(
     min_score: Annotated[float, typer.Option(help="drop poses scoring below this in overlays")] = 0.0,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Detect every person's keypoints; writes ``predictions.json`` (COCO results) and optional overlays."""
+    """Detect every person's keypoints; writes predictions.json (COCO results) and optional overlays.
+
+    Poses scoring 0 or below are dropped, as the service drops them.
+    """
     from pose.api import PoseEstimator
     from pose.draw import draw_people, encode_image
     from pose.results import coco_results, to_people
@@ -91,15 +102,17 @@ def predict(
     for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
         image = est.read_image(path)
         poses = est.predict(image, scales=scales, flip=flip)
-        results += coco_results(_image_id(path, index), poses.keypoints, poses.scores)
+        kept = poses.scores > 0  # a pose without a positive score is no detection (the scoring net can go below 0)
+        keypoints, scores, boxes = poses.keypoints[kept], poses.scores[kept], poses.boxes[kept]
+        results += coco_results(_image_id(path, index), keypoints, scores)
         if overlay:
-            people = to_people(poses.keypoints, poses.scores, poses.boxes, min_score=min_score)
+            people = to_people(keypoints, scores, boxes, min_score=min_score)
             drawn = draw_people(image, people, est.config.keypoints.skeleton)
             (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
     (out / "predictions.json").write_text(json.dumps(results))
     if est.config.name == DEFAULT_MODEL.name:  # the embedded model was trained on drawings only
         typer.echo(SYNTHETIC_NOTE.format(name=est.config.name), err=True)
-    typer.echo(f"{len(results)} poses from {len(paths)} images -> {out / 'predictions.json'}")
+    typer.echo(f"{_count(len(results), 'pose')} from {_count(len(paths), 'image')} -> {out / 'predictions.json'}")
 
 
 @app.command()
@@ -137,7 +150,10 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="also write the COCO results JSON here")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """AP/AR of the full pipeline on an annotated set (faster-coco-eval; CrowdPose easy/medium/hard)."""
+    """AP/AR of the full pipeline on an annotated set (faster-coco-eval; CrowdPose easy/medium/hard).
+
+    Every pose is evaluated, those scoring 0 or below too, as in the authors' evaluation (predict drops them).
+    """
     from pose.api import PoseEstimator
     from pose.evaluation import evaluate_keypoints, predict_dataset
 
@@ -208,7 +224,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
     override: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set epochs=2")] = None,
 ) -> None:
-    """Train a model; multi-GPU / multi-node: ``torchrun --nproc_per_node N -m pose train run.yaml``."""
+    """Train a model; on several GPUs or nodes: torchrun --nproc_per_node N -m pose train run.yaml"""
     import logging
 
     from pose.train.config import load_train_config
@@ -218,7 +234,8 @@ def train(
     cfg = load_train_config(config, _overrides(override))
     result = run_training(cfg, resume=resume, device=device)
     final = result.metrics.get(max(result.metrics)) if result.metrics else None
-    summary = f"{result.output}: {result.epochs_run} epochs in {result.seconds:.0f} s, last loss {result.last_loss:.4g}"
+    epochs = _count(result.epochs_run, "epoch")
+    summary = f"{result.output}: {epochs} in {result.seconds:.0f} s, last loss {result.last_loss:.4g}"
     typer.echo(summary + (f", AP {final['AP']:.4f} AR {final['AR']:.4f}" if final else ""))
 
 
@@ -242,7 +259,7 @@ def synth(
         size=(size, size), people=(min_people, max_people), height=(min_height, 0.9), occluder_prob=occluder_prob
     )
     path = write_dataset(out_dir, images, seed, config, progress=images > 1)
-    typer.echo(f"{images} images -> {out_dir / 'images'}, annotations -> {path}")
+    typer.echo(f"{_count(images, 'image')} -> {out_dir / 'images'}, annotations -> {path}")
 
 
 @app.command("train-rescore")
@@ -267,7 +284,8 @@ def train_rescore(
     net, history = train_scoring_net(features, oks, epochs=epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
-    typer.echo(f"{len(oks)} poses (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}")
+    poses = _count(len(oks), "pose")
+    typer.echo(f"{poses} (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}")
 
 
 @app.command("average-weights")
@@ -310,9 +328,9 @@ def average_weights(
         order = torch.Generator().manual_seed(seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
         seen = recalibrate_batchnorm(net.to(device), training_images(loader, bn_batches), device)
-        note = f"batch-norm statistics measured on {seen} training images"
+        note = f"batch-norm statistics measured on {_count(seen, 'training image')}"
     save_checkpoint(net.cpu(), out, cfg.name, averaged=[str(p) for p in checkpoints])
-    typer.echo(f"averaged {len(checkpoints)} checkpoints, {note} -> {out}")
+    typer.echo(f"averaged {_count(len(checkpoints), 'checkpoint')}, {note} -> {out}")
 
 
 if __name__ == "__main__":

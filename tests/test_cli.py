@@ -3,6 +3,7 @@ no traceback), and what ``pose info`` says about a model's files."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -186,3 +187,45 @@ def test_predict_with_the_embedded_model_notes_that_it_finds_drawn_figures(tmp_p
     (other / "config.yaml").write_text(yaml.safe_dump({**config, **weights, "name": "figures"}))
     code, lines = run("predict", image, "--out", tmp_path / "out", "--model", other)
     assert code == 0 and len(lines) == 1 and lines[0].endswith("predictions.json"), lines
+
+
+@pytest.mark.parametrize("command", [None, "predict", "raw", "evaluate", "info", "train", "synth", "train-rescore"])
+def test_help_is_plain_text(command: str | None) -> None:
+    code, lines = run(*([command] if command else []), "--help")
+    text = "\n".join(lines)
+    assert code == 0 and text.startswith("Usage: ")
+    for markup in ("``", "::", "<bool>", "╭", "/work/", str(ROOT)):
+        assert markup not in text, (markup, text)
+
+
+def test_pose_export_help_is_plain_text() -> None:
+    from export.cli import app as export_app
+
+    for command in ([], ["onnx"], ["verify"], ["tensorrt"], ["prepare-engine"]):
+        text = CliRunner().invoke(export_app, [*command, "--help"]).output
+        assert text.startswith("Usage: ") and not any(m in text for m in ("``", "::", "<bool>", "╭")), text
+
+
+def test_counts_in_messages_agree_with_their_nouns(tmp_path: Path) -> None:
+    code, lines = run("synth", tmp_path / "one", "--images", "1", "--size", "64")
+    assert code == 0 and lines[-1].startswith(f"1 image -> {tmp_path / 'one' / 'images'}"), lines
+
+
+@needs_default_weights
+def test_predict_writes_only_poses_with_a_positive_score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scoring net can push a pose's score to 0 or below; such a pose is no detection for predict (the service
+    # drops it too), while evaluate keeps every pose as the authors' evaluation does.
+    from pose.api import PoseEstimator
+    from pose.pipeline import PoseResult
+
+    scores = torch.tensor([0.5, 0.0, -0.0, -0.1])
+    keypoints = torch.rand(4, 17, 3) * 64
+    poses = PoseResult(keypoints, keypoints, scores, scores, scores, torch.rand(4, 4) * 64)
+    monkeypatch.setattr(PoseEstimator, "predict", lambda self, image, **kwargs: poses)
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    code, lines = run("predict", image, "--out", tmp_path / "out", "--overlay")
+    assert code == 0, lines
+    assert lines[-1] == f"1 pose from 1 image -> {tmp_path / 'out' / 'predictions.json'}"
+    (entry,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert entry["score"] == 0.5 and entry["keypoints"] == keypoints[0].flatten().tolist()
