@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Export models and verify the exported artifacts.", no_args_is_help=True, add_completion=False)
+from pose.cli_errors import CommandLine, UserError
+
+app = CommandLine(help="Export models and verify the exported artifacts.")
 
 ModelArg = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder (its config.yaml)")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
@@ -28,25 +30,25 @@ def onnx(
     size: Annotated[str, typer.Option(help="example input HxW used for tracing")] = "512x512",
     out: Annotated[Path | None, typer.Option(help="output folder (default: <model>/<version>/)")] = None,
     record: Annotated[
-        bool, typer.Option(help="record the graphs in the model's config.yaml (off for a read-only model repo)")
+        bool, typer.Option(help="record the graphs in <model>/<version>/onnx.json (off for a read-only model repo)")
     ] = True,
 ) -> None:
-    """Export ONNX graphs and record them (opset, input/output shapes) in the model's config.yaml."""
+    """Export ONNX graphs and record them (opset, input/output shapes) in <model>/<version>/onnx.json."""
     from export.artifacts import describe_onnx, record_onnx
     from export.onnx_export import export_onnx
 
     est = _load(model, weights)
-    folder = out or (model / str(est.config.version))
+    root = model if model.is_dir() else model.parent
+    version_dir = root / str(est.config.version)
+    folder = out or version_dir
     h, w = (int(v) for v in size.split("x"))
     variants = ["portable", "plugin"] if variant == "both" else [variant]
     for v in variants:
         path = folder / ("model.onnx" if v == "portable" else "model_plugin.onnx")
         proto = export_onnx(est.model, path, v, (h, w))  # type: ignore[arg-type]
-        if record and model.is_dir():
-            record_onnx(
-                model,
-                describe_onnx(proto, str(path.relative_to(model)) if path.is_relative_to(model) else str(path), v),
-            )
+        if record:
+            relative = str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
+            record_onnx(version_dir, describe_onnx(proto, relative, v))
         typer.echo(f"{v}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -69,7 +71,9 @@ def verify(
     cfg = est.config
     path = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "portable"), None)
     if path is None:
-        raise typer.BadParameter("no portable ONNX recorded in the config; pass --onnx")
+        raise UserError(
+            f"{model} has no portable ONNX graph recorded; run pose-export onnx --model {model} or pass --onnx"
+        )
     candidates: dict[str, Network] = {"onnxruntime": OnnxRuntimeBackend(path, cfg.keypoints.num_keypoints)}
     if engine is not None:
         from service.backends import TensorRTBackend
@@ -93,8 +97,9 @@ def _require_tensorrt():  # noqa: ANN202 - the tensorrt module, which may not be
     try:
         import tensorrt
     except ImportError:
-        typer.echo("tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU")
-        raise typer.Exit(2) from None
+        raise UserError(
+            "tensorrt is not installed: pip install 'hrnet-pose-serving[tensorrt]' on a machine with a GPU"
+        ) from None
     return tensorrt
 
 
@@ -114,7 +119,9 @@ def tensorrt(
     cfg = load_model_config(model)
     source = onnx_path or next((cfg.resolve(a.path) for a in cfg.onnx if a.variant == "plugin"), None)
     if source is None:
-        raise typer.BadParameter("no plugin ONNX recorded in the config; run pose-export onnx first or pass --onnx")
+        raise UserError(
+            f"{model} has no plugin ONNX graph recorded; run pose-export onnx --model {model} or pass --onnx"
+        )
     engine = out or model / str(cfg.version) / "model.plan"
     meta = build_engine(cfg, source, engine, fp16, max_batch, timing_cache=engine.with_suffix(".timing"))
     typer.echo(f"{engine}: TensorRT {meta.tensorrt_version}, sm {meta.compute_capability}, {meta.precision}")

@@ -7,6 +7,10 @@ model's input size), which the exported graph declares.
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +39,33 @@ class ExportWrapper(nn.Module):
         return out.heatmaps, out.offsets
 
 
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextmanager
+def _known_exporter_noise() -> Iterator[None]:
+    """Silence what torch's exporter says on every export of this network although the graph is right:
+    that torchvision's ops cannot be registered (torchvision is no dependency, its ops unused) and a
+    pytree deprecation inside torch itself. Anything else it says still shows."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    torchvision = _DropPrefix("torchvision is not installed")
+    registration.addFilter(torchvision)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        registration.removeFilter(torchvision)
+
+
 def export_onnx(
     model: PoseHRNet,
     path: str | Path,
@@ -58,9 +89,9 @@ def export_onnx(
 
         kwargs["custom_translation_table"] = TRANSLATION_TABLE
         implementation = "custom_op"
-    with use_implementation(implementation), torch.no_grad():
+    with use_implementation(implementation), torch.no_grad(), _known_exporter_noise():
         program = torch.onnx.export(
-            ExportWrapper(model),
+            ExportWrapper(model).eval(),  # the wrapper is a new module, in training mode unless told
             (example,),
             dynamo=True,
             opset_version=opset,
@@ -70,10 +101,10 @@ def export_onnx(
             verbose=False,
             **kwargs,
         )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.optimize()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.optimize()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(path))
     return onnx.load(str(path))

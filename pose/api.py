@@ -18,6 +18,7 @@ from torch import Tensor
 
 from pose.checkpoint import load_weights
 from pose.config import ModelConfig, check_scales, load_model_config
+from pose.errors import ImageReadError, MissingCheckpointError
 from pose.inference import ScaleOutput, flip_test
 from pose.models.hrnet import PoseHRNet, create_model
 from pose.pipeline import BatchPipeline, PoseResult
@@ -63,7 +64,7 @@ class PoseEstimator:
         model = create_model(cfg)
         weights_path = Path(weights) if weights else cfg.resolve(cfg.weights)
         if weights_path is None:
-            raise FileNotFoundError(f"model {cfg.name} names no weights; pass weights=")
+            raise MissingCheckpointError(f"model {cfg.name} names no weights in its config")
         load_weights(model, weights_path)
         rescore_path = Path(rescore_weights) if rescore_weights else cfg.resolve(cfg.rescore_weights)
         scoring_net = None
@@ -78,7 +79,9 @@ class PoseEstimator:
         """Read a file as HWC uint8 RGB, ignoring EXIF orientation as the authors' evaluation does."""
         image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if image is None:
-            raise ValueError(f"cannot decode image {path}")
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"image {path} does not exist")
+            raise ImageReadError(f"{path} is not an image that can be decoded (jpg, png, bmp, webp, tif); pass images")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     @torch.inference_mode()

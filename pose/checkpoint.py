@@ -17,23 +17,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pose.errors import CheckpointError, MissingCheckpointError
 from pose.ops.adaptive_conv import REGULAR_GRID
 
-__all__ = ["CheckpointError", "save_atomic", "load_state_dict_file", "load_weights", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "MissingCheckpointError",
+    "check_state_dict",
+    "load_state_dict_file",
+    "load_weights",
+    "save_atomic",
+    "save_checkpoint",
+]
 
 FORMAT = "hrnet-pose/1"
 _LIST_LIMIT = 8
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """Read a checkpoint file into a flat ``{name: tensor}`` dict (authors' or ours)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise MissingCheckpointError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as err:

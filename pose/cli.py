@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,15 +11,19 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
+from pose.cli_errors import WEIGHTS_HINT, CommandLine, UserError
 from pose.config import DEFAULT_MODEL, check_scales
 
-app = typer.Typer(help="Bottom-up multi-person pose estimation.", no_args_is_help=True, add_completion=False)
+app = CommandLine(help="Bottom-up multi-person pose estimation.")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml")]
 DefaultModelOpt = Annotated[
-    Path, typer.Option("--model", "-m", help="model_repo/<name> folder or a config.yaml (default: the embedded one)")
+    Path,
+    typer.Option(
+        "--model", "-m", help="model_repo/<name> folder or config.yaml (default: the embedded one)", show_default=False
+    ),
 ]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
@@ -47,10 +52,22 @@ def _images(inputs: list[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise typer.BadParameter(f"{path} does not exist")
+            raise UserError(f"{path} does not exist; pass image files or folders of images")
     if not found:
-        raise typer.BadParameter("no images found")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UserError(f"no images ({suffixes}) in {', '.join(map(str, inputs))}; pass image files or folders")
     return found
+
+
+SYNTHETIC_NOTE = (
+    "note: {name} finds drawn figures like those of pose synth, not people in photos; for photos use the "
+    "authors' released checkpoints (README, 'For photos')"
+)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``8 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _image_id(path: Path, index: int) -> int:
@@ -72,15 +89,18 @@ def predict(
     ] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Detect every person's keypoints; writes ``predictions.json`` (COCO results) and optional overlays."""
+    """Detect every person's keypoints; writes predictions.json (COCO results) and optional overlays.
+
+    Poses below the model's score threshold (--min-score) are dropped, as the service drops them.
+    """
     from pose.api import PoseEstimator
     from pose.draw import draw_people, encode_image
     from pose.results import coco_results, to_people
 
+    paths = _images(inputs)
     est = PoseEstimator.from_config(model, weights=weights, device=device)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
-    paths = _images(inputs)
     for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
         image = est.read_image(path)
         poses = est.predict(image, scales=scales, flip=flip, min_score=min_score)
@@ -90,7 +110,9 @@ def predict(
             drawn = draw_people(image, people, est.config.keypoints.skeleton)
             (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
     (out / "predictions.json").write_text(json.dumps(results))
-    typer.echo(f"{len(results)} poses from {len(paths)} images -> {out / 'predictions.json'}")
+    if est.config.name == DEFAULT_MODEL.name:  # the embedded model was trained on drawings only
+        typer.echo(SYNTHETIC_NOTE.format(name=est.config.name), err=True)
+    typer.echo(f"{_count(len(results), 'pose')} from {_count(len(paths), 'image')} -> {out / 'predictions.json'}")
 
 
 @app.command()
@@ -128,7 +150,10 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="also write the COCO results JSON here")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """AP/AR of the full pipeline on an annotated set (faster-coco-eval; CrowdPose easy/medium/hard)."""
+    """AP/AR of the full pipeline on an annotated set (faster-coco-eval; CrowdPose easy/medium/hard).
+
+    Every pose is evaluated, those scoring 0 or below too, as in the authors' evaluation (predict drops them).
+    """
     from pose.api import PoseEstimator
     from pose.evaluation import evaluate_keypoints, predict_dataset
 
@@ -141,18 +166,41 @@ def evaluate(
     typer.echo("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
 
 
+def _checked(path: Path | None, load: Callable[[Path], object], if_missing: str) -> str:
+    """Whether a checkpoint is there; one that is gets loaded, so a file that does not fit raises here."""
+    if path is None:
+        return f"none named in the config; {if_missing}"
+    if not path.is_file():
+        return f"{path} missing; {if_missing}"
+    load(path)
+    return f"{path} present, keys and shapes fit the model"
+
+
 @app.command()
-def info(model: ModelOpt) -> None:
-    """Print a model's configuration summary and parameter counts."""
+def info(model: DefaultModelOpt = DEFAULT_MODEL, weights: WeightsOpt = None) -> None:
+    """Print a model's configuration and parameter count, and check its weights and scoring net.
+
+    A checkpoint that is there is checked key by key and shape by shape against the model, so a downloaded
+    file of another architecture or dataset is caught before the first prediction.
+    """
+    from pose.checkpoint import load_weights
     from pose.config import load_model_config
     from pose.models.hrnet import create_model
+    from pose.rescore import load_scoring_net
 
     cfg = load_model_config(model)
     net = create_model(cfg)
     unique = sum(p.numel() for p in net.parameters())
+    dim = cfg.keypoints.score_feature_dim
+    weights_state = _checked(weights or cfg.resolve(cfg.weights), lambda p: load_weights(net, p), WEIGHTS_HINT)
+    rescore_state = _checked(
+        cfg.resolve(cfg.rescore_weights),
+        lambda p: load_scoring_net(p, dim),
+        "poses keep the mean of their joint scores",
+    )
     typer.echo(
         f"{cfg.name}: {cfg.description}\n  input {cfg.input.size}, {cfg.keypoints.num_keypoints} keypoints "
-        f"({cfg.keypoints.dataset}), {unique:,} parameters, weights {cfg.resolve(cfg.weights)}"
+        f"({cfg.keypoints.dataset}), {unique:,} parameters\n  weights: {weights_state}\n  scoring net: {rescore_state}"
     )
 
 
@@ -176,7 +224,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
     override: Annotated[list[str] | None, typer.Option("--set", help="override a key, e.g. --set epochs=2")] = None,
 ) -> None:
-    """Train a model; multi-GPU / multi-node: ``torchrun --nproc_per_node N -m pose train run.yaml``."""
+    """Train a model; on several GPUs or nodes: torchrun --nproc_per_node N -m pose train run.yaml"""
     import logging
 
     from pose.train.config import load_train_config
@@ -186,7 +234,8 @@ def train(
     cfg = load_train_config(config, _overrides(override))
     result = run_training(cfg, resume=resume, device=device)
     final = result.metrics.get(max(result.metrics)) if result.metrics else None
-    summary = f"{result.output}: {result.epochs_run} epochs in {result.seconds:.0f} s, last loss {result.last_loss:.4g}"
+    epochs = _count(result.epochs_run, "epoch")
+    summary = f"{result.output}: {epochs} in {result.seconds:.0f} s, last loss {result.last_loss:.4g}"
     typer.echo(summary + (f", AP {final['AP']:.4f} AR {final['AR']:.4f}" if final else ""))
 
 
@@ -210,7 +259,7 @@ def synth(
         size=(size, size), people=(min_people, max_people), height=(min_height, 0.9), occluder_prob=occluder_prob
     )
     path = write_dataset(out_dir, images, seed, config, progress=images > 1)
-    typer.echo(f"{images} images -> {out_dir / 'images'}, annotations -> {path}")
+    typer.echo(f"{_count(images, 'image')} -> {out_dir / 'images'}, annotations -> {path}")
 
 
 @app.command("train-rescore")
@@ -235,7 +284,8 @@ def train_rescore(
     net, history = train_scoring_net(features, oks, epochs=epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
-    typer.echo(f"{len(oks)} poses (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}")
+    poses = _count(len(oks), "pose")
+    typer.echo(f"{poses} (mean OKS {oks.mean():.3f}); MSE {history[0]:.4f} -> {history[-1]:.4f}; saved {out}")
 
 
 @app.command("average-weights")
@@ -270,7 +320,7 @@ def average_weights(
         state = average_checkpoints(checkpoints)
         check_state_dict(net, state)
     except CheckpointError as err:
-        raise typer.BadParameter(str(err)) from None
+        raise UserError(f"averaging {len(checkpoints)} checkpoints: {err}") from None
     net.load_state_dict(state)
     note = "batch-norm statistics averaged too"
     if bn_annotations is not None and bn_images is not None:
@@ -278,9 +328,9 @@ def average_weights(
         order = torch.Generator().manual_seed(seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
         seen = recalibrate_batchnorm(net.to(device), training_images(loader, bn_batches), device)
-        note = f"batch-norm statistics measured on {seen} training images"
+        note = f"batch-norm statistics measured on {_count(seen, 'training image')}"
     save_checkpoint(net.cpu(), out, cfg.name, averaged=[str(p) for p in checkpoints])
-    typer.echo(f"averaged {len(checkpoints)} checkpoints, {note} -> {out}")
+    typer.echo(f"averaged {_count(len(checkpoints), 'checkpoint')}, {note} -> {out}")
 
 
 if __name__ == "__main__":

@@ -7,17 +7,22 @@ differs between models (widths, input size, keypoints, flip order, sticks, decod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pose.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MODEL",
     "ArchitectureConfig",
+    "ConfigError",
     "DecodeConfig",
     "InputConfig",
+    "ONNX_RECORD",
     "OnnxArtifact",
     "KeypointConfig",
     "ModelConfig",
@@ -25,6 +30,9 @@ __all__ = [
     "TestConfig",
     "check_scales",
     "load_model_config",
+    "read_yaml_mapping",
+    "recorded_onnx",
+    "validate_file",
 ]
 
 
@@ -174,13 +182,18 @@ class TestConfig(_Strict):
         return check_scales(v)
 
 
+# Exported graphs are recorded in a file of their own in the version folder, so that an export never
+# rewrites the tracked config.yaml: ``<model>/<version>/onnx.json``, a list of OnnxArtifact.
+ONNX_RECORD = "onnx.json"
+
+
 class OnnxArtifact(_Strict):
     """An exported ONNX file and its interface, written by ``pose-export onnx``."""
 
     path: str  # relative to the model folder, e.g. "1/model.onnx"
     variant: Literal["portable", "plugin"]
     opset: int
-    inputs: dict[str, list[int | str]]  # name -> shape with symbolic dims
+    inputs: dict[str, list[int | str]]  # name -> shape; dims named "batch", "height", "width/4" or fixed ints
     outputs: dict[str, list[int | str]]
 
 
@@ -197,7 +210,7 @@ class ModelConfig(_Strict):
     test: TestConfig = TestConfig()
     weights: str | None = None  # relative to the config's folder, e.g. "1/model.pth"
     rescore_weights: str | None = None
-    onnx: list[OnnxArtifact] = []  # exported graphs, filled in by the export command
+    onnx: list[OnnxArtifact] = []  # exported graphs: the config's own, then those recorded in ONNX_RECORD
     root: Path | None = Field(default=None, exclude=True)  # folder the config was read from
 
     def resolve(self, relative: str | None) -> Path | None:
@@ -208,13 +221,55 @@ class ModelConfig(_Strict):
         return path if path.is_absolute() or self.root is None else self.root / path
 
 
+def read_yaml_mapping(file: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a file that is not one is a :class:`ConfigError` naming it."""
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file} is not valid YAML{where}: {getattr(err, 'problem', err)}; fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} does not hold a mapping of settings; fix the file")
+    return data
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
+
+
+def validate_file(schema: type[_Config], data: dict[str, Any], file: Path) -> _Config:
+    """``schema.model_validate(data)``; what fails is one :class:`ConfigError` line naming file and fields."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'top level'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
+        raise ConfigError(f"{file}: {problems}; fix the file") from None
+
+
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read ``<folder>/config.yaml`` (or a yaml file directly) into a validated :class:`ModelConfig`."""
     path = Path(path)
     file = path / "config.yaml" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"no model config at {file}")
-    data = yaml.safe_load(file.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} does not hold a mapping")
-    return ModelConfig.model_validate({**data, "root": file.parent})
+        raise FileNotFoundError(f"no model config at {file}; a model is a model_repo/<name> folder with a config.yaml")
+    config = validate_file(ModelConfig, {**read_yaml_mapping(file), "root": file.parent}, file)
+    recorded = recorded_onnx(file.parent / str(config.version))
+    if not recorded:
+        return config
+    kept = [a for a in config.onnx if a.variant not in {r.variant for r in recorded}]
+    return config.model_copy(update={"onnx": [*kept, *recorded]})
+
+
+def recorded_onnx(version_dir: Path) -> list[OnnxArtifact]:
+    """The graphs ``pose-export onnx`` recorded in a version folder (none when it has not run)."""
+    file = version_dir / ONNX_RECORD
+    if not file.is_file():
+        return []
+    try:
+        entries = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{file} is not valid JSON ({err}); delete it and run pose-export onnx again") from None
+    return [validate_file(OnnxArtifact, e, file) for e in entries]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +18,11 @@ import yaml
 from fastapi.testclient import TestClient
 from onnx.reference import ReferenceEvaluator
 
+from export.artifacts import record_onnx
 from export.custom_op import AdaptiveConvReference
 from export.onnx_export import export_onnx
 from pose.api import PoseEstimator
-from pose.config import load_model_config
+from pose.config import OnnxArtifact, load_model_config, recorded_onnx
 from pose.models.hrnet import create_model
 from service.backends import OnnxRuntimeBackend
 
@@ -26,9 +31,16 @@ from .conftest import DATA, FIXTURES, PARITY, ROOT
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
 
+@dataclass(frozen=True)
+class Exported:
+    folder: Path
+    config_before: bytes  # config.yaml as written before the export
+    output: str  # everything the command printed, stdout and stderr
+
+
 @pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model_repo folder for the tiny parity model, with its portable and plugin graphs exported."""
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """``pose-export onnx`` run as a user runs it on a model_repo folder for the tiny parity model."""
     if not (PARITY / "coco" / "ckpt.pth").is_file():
         pytest.skip("needs ../shared/parity")
     folder = tmp_path_factory.mktemp("repo") / "tiny"
@@ -37,13 +49,17 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data["weights"] = str(PARITY / "coco" / "ckpt.pth")
     data["rescore_weights"] = str(PARITY / "coco" / "rescore.pth")
     (folder / "config.yaml").write_text("# tiny test model\n" + yaml.safe_dump(data, sort_keys=False))
-    from typer.testing import CliRunner
+    before = (folder / "config.yaml").read_bytes()
+    command = [sys.executable, "-m", "export.cli", "onnx", "--model", str(folder), "--size", "128x192"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Exported(folder, before, result.stdout + result.stderr)
 
-    from export.cli import app
 
-    result = CliRunner().invoke(app, ["onnx", "--model", str(folder), "--size", "128x192"])
-    assert result.exit_code == 0, result.output
-    return folder
+@pytest.fixture(scope="module")
+def tiny_repo(tiny_export: Exported) -> Path:
+    """A model_repo folder for the tiny parity model, with its portable and plugin graphs exported."""
+    return tiny_export.folder
 
 
 @pytest.mark.slow
@@ -67,17 +83,36 @@ def test_portable_w32_in_onnxruntime_equals_torch_at_two_sizes() -> None:
         path.unlink(missing_ok=True)
 
 
-def test_config_records_both_variants(tiny_repo: Path) -> None:
-    cfg = load_model_config(tiny_repo)
-    assert {a.variant for a in cfg.onnx} == {"portable", "plugin"}
-    portable = next(a for a in cfg.onnx if a.variant == "portable")
-    assert (
-        portable.opset == 20
-        and list(portable.inputs) == ["image"]
-        and list(portable.outputs) == ["heatmaps", "offsets"]
-    )
-    assert portable.inputs["image"][1] == 3 and isinstance(portable.inputs["image"][0], str)  # dynamic batch
-    assert (tiny_repo / "config.yaml").read_text().startswith("# tiny test model")
+def test_export_records_both_variants_beside_them_and_leaves_config_yaml_untouched(tiny_export: Exported) -> None:
+    assert (tiny_export.folder / "config.yaml").read_bytes() == tiny_export.config_before
+    written = sorted(p.name for p in (tiny_export.folder / "1").iterdir())
+    assert written == ["model.onnx", "model_plugin.onnx", "onnx.json"]
+    cfg = load_model_config(tiny_export.folder)
+    assert [(a.variant, a.path) for a in cfg.onnx] == [("portable", "1/model.onnx"), ("plugin", "1/model_plugin.onnx")]
+    for artifact in cfg.onnx:
+        assert artifact.opset == 20
+        assert artifact.inputs == {"image": ["batch", 3, "height", "width"]}
+        assert artifact.outputs == {
+            "heatmaps": ["batch", 18, "height/4", "width/4"],  # 17 keypoints and the center
+            "offsets": ["batch", 34, "height/4", "width/4"],
+        }
+
+
+def test_export_prints_only_its_result_lines(tiny_export: Exported) -> None:
+    # No exporter chatter (training-mode warning, torchvision registration, deprecations): one line per graph.
+    lines = tiny_export.output.splitlines()
+    assert len(lines) == 2, tiny_export.output
+    assert re.fullmatch(r"portable: .*/1/model\.onnx \(\d+\.\d MB\)", lines[0])
+    assert re.fullmatch(r"plugin: .*/1/model_plugin\.onnx \(\d+\.\d MB\)", lines[1])
+
+
+def test_a_second_export_replaces_its_variant_in_the_record(tmp_path: Path) -> None:
+    portable = OnnxArtifact(path="1/model.onnx", variant="portable", opset=20, inputs={}, outputs={})
+    plugin = portable.model_copy(update={"path": "1/model_plugin.onnx", "variant": "plugin"})
+    record_onnx(tmp_path / "1", portable)
+    record_onnx(tmp_path / "1", plugin)
+    record_onnx(tmp_path / "1", portable.model_copy(update={"opset": 21}))
+    assert [(a.variant, a.opset) for a in recorded_onnx(tmp_path / "1")] == [("plugin", 20), ("portable", 21)]
 
 
 def test_portable_tiny_matches_torch_on_a_real_photo(tiny_repo: Path) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pose.config import read_yaml_mapping, validate_file
 
 __all__ = ["TrainConfig", "load_train_config"]
 
@@ -60,8 +61,10 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     """Read a YAML run config; ``overrides`` win. Relative paths in the file are relative to the file, those
     in ``overrides`` (command-line ``--set``) to the working directory."""
     path = Path(path)
-    raw = _resolve_paths(yaml.safe_load(path.read_text()) or {}, path.parent)
-    return TrainConfig.model_validate({**raw, **_resolve_paths(overrides or {}, Path.cwd())})
+    if not path.is_file():
+        raise FileNotFoundError(f"no training config at {path}; pass a run YAML such as model_repo/*/train.yaml")
+    raw = _resolve_paths(read_yaml_mapping(path), path.parent)
+    return validate_file(TrainConfig, {**raw, **_resolve_paths(overrides or {}, Path.cwd())}, path)
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
