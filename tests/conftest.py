@@ -31,3 +31,11 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared test photos not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def bulk_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for bulk jobs: drawn scenes, a file that is not an image and a short video."""
+    from .bulk_data import write_inputs
+
+    return write_inputs(tmp_path_factory.mktemp("bulk") / "inputs")
