@@ -92,6 +92,53 @@ def predict(
 
 
 @app.command()
+def batch(
+    inputs: Annotated[
+        list[str], typer.Argument(help="folders, glob patterns, .txt/.csv/.parquet manifests, images, videos")
+    ],
+    out: Annotated[Path, typer.Option(help="output folder (rerun into it to resume)")],
+    model: DefaultModelOpt = DEFAULT_MODEL,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="DataLoader decoding processes (default: by device and cores)")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="items per committed shard (unit of resumption)")] = 256,
+    stride: Annotated[int, typer.Option(min=1, help="every N-th video frame")] = 1,
+    flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
+    scales: ScalesOpt = None,
+    overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
+    min_score: Annotated[float, typer.Option(help="drop poses scoring below this in overlays")] = 0.0,
+    progress: Annotated[bool, typer.Option(help="progress bar with images/s and ETA")] = True,
+) -> None:
+    """Run a whole data set: Parquet, JSONL and COCO results in resumable shards."""
+    from pose.bulk import BulkOptions, InputError, JobMismatchError, ModelSpec, run_batch
+
+    options = BulkOptions(
+        batch_size=batch_size,
+        workers=workers,
+        shard_size=shard_size,
+        stride=stride,
+        flip=flip,
+        scales=tuple(scales) if scales else None,
+        overlay=overlay,
+        min_score=min_score,
+        progress=progress,
+    )
+    spec = ModelSpec(str(model), str(weights) if weights else None, device)
+    try:
+        summary = run_batch(inputs, out, spec, options)
+    except (InputError, JobMismatchError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{summary.images} images, {summary.people} poses, {summary.errors} errors in {summary.shards} shards "
+        f"({summary.skipped_shards} already done), {summary.images_per_s:.2f} images/s -> {out}"
+    )
+
+
+@app.command()
 def raw(
     image: Annotated[Path, typer.Argument(help="one image")],
     model: ModelOpt,

@@ -1,5 +1,20 @@
-"""Bulk inference over folders, manifests, buckets and videos."""
+"""Bulk inference over folders, manifests, buckets and videos: batched and resumable.
+
+>>> from pose.bulk import run_batch
+>>> run_batch(["photos/"], "out/")                              # doctest: +SKIP
+"""
 
 from pose.bulk.inputs import InputError, Item, collect_items
+from pose.bulk.job import BulkOptions, BulkSummary, ModelSpec, run_batch
+from pose.bulk.store import JobMismatchError
 
-__all__ = ["InputError", "Item", "collect_items"]
+__all__ = [
+    "BulkOptions",
+    "BulkSummary",
+    "InputError",
+    "Item",
+    "JobMismatchError",
+    "ModelSpec",
+    "collect_items",
+    "run_batch",
+]
