@@ -111,9 +111,16 @@ def batch(
     overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
     min_score: Annotated[float, typer.Option(help="drop poses scoring below this in overlays")] = 0.0,
     progress: Annotated[bool, typer.Option(help="progress bar with images/s and ETA")] = True,
+    ray: Annotated[bool, typer.Option("--ray", help="run on Ray Data (see --ray-address)")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, help="Ray: model replicas")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(min=0, help="Ray: GPUs per replica (1: one model per GPU)")] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(min=0, help="Ray: CPU slots per replica")] = 1,
 ) -> None:
-    """Run a whole data set: Parquet, JSONL and COCO results in resumable shards."""
-    from pose.bulk import BulkOptions, InputError, JobMismatchError, ModelSpec, run_batch
+    """Run a whole data set: Parquet, JSONL and COCO results in resumable shards; ``--ray`` for a cluster."""
+    from pose.bulk import BulkOptions, InputError, JobMismatchError, ModelSpec, RayOptions, run_batch
 
     options = BulkOptions(
         batch_size=batch_size,
@@ -127,8 +134,9 @@ def batch(
         progress=progress,
     )
     spec = ModelSpec(str(model), str(weights) if weights else None, device)
+    cluster = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if ray or ray_address else None
     try:
-        summary = run_batch(inputs, out, spec, options)
+        summary = run_batch(inputs, out, spec, options, cluster)
     except (InputError, JobMismatchError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None

@@ -3,7 +3,9 @@
 >>> summary = run_batch(["photos/", "clips/*.mp4"], "out/")       # doctest: +SKIP
 >>> summary.images, summary.people, summary.errors                 # doctest: +SKIP
 
-The job runs in this process: a DataLoader decodes ahead of the network (see :mod:`pose.bulk.local`).
+The same job runs in this process (a DataLoader decoding ahead of the network, see
+:mod:`pose.bulk.local`) or on a Ray cluster (:mod:`pose.bulk.ray_job`); both commit the same shards, so a
+job may even be started on one and finished on the other.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pose.bulk.inputs import InputError, Item, collect_items
 from pose.bulk.store import ShardStore
 from pose.config import DEFAULT_MODEL, ModelConfig, check_scales, load_model_config
 
-__all__ = ["BulkOptions", "BulkSummary", "ModelSpec", "run_batch"]
+__all__ = ["BulkOptions", "BulkSummary", "ModelSpec", "RayOptions", "run_batch"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,18 @@ class BulkOptions:
             raise ValueError(f"workers must not be negative, got {self.workers}")
         if self.scales is not None:
             check_scales(list(self.scales))
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Ray Data settings: ``actors`` model replicas, each holding ``gpus_per_actor`` GPUs (then one model
+    per GPU) or ``cpus_per_actor`` CPU slots; decoding runs in tasks of ``decode_cpus`` slots beside them."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a local Ray started for the job
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    decode_cpus: float = 1.0
 
 
 @dataclass
@@ -122,8 +136,9 @@ def run_batch(
     out: str | Path,
     model: ModelSpec | None = None,
     options: BulkOptions | None = None,
+    ray: RayOptions | None = None,
 ) -> BulkSummary:
-    """Run (or resume) a bulk job into ``out``.
+    """Run (or resume) a bulk job into ``out``; ``ray`` runs it on Ray Data instead of in this process.
 
     Raises :class:`~pose.bulk.inputs.InputError` for inputs that name nothing and
     :class:`~pose.bulk.store.JobMismatchError` when ``out`` holds a different job.
@@ -142,7 +157,11 @@ def run_batch(
     pending = {s: shard for s, shard in enumerate(shards) if s not in done}
     start = time.perf_counter()
     extra: dict[str, Any] = {}
-    if pending:
+    if pending and ray is not None:
+        from pose.bulk.ray_job import run_ray
+
+        extra = run_ray(store, pending, spec, options, ray)
+    elif pending:
         from pose.bulk.local import run_local
 
         run_local(store, pending, spec, options)
@@ -160,5 +179,6 @@ def run_batch(
         skipped_shards=len(done),
         seconds=seconds,
         images_per_s=processed / seconds if processed and seconds > 0 else 0.0,
+        engine="ray" if ray is not None else "local",
         extra=extra,
     )
