@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pose.bulk import BulkOptions, JobMismatchError, run_batch
+from pose.bulk import BulkOptions, Item, JobMismatchError, run_batch
+from pose.bulk.frames import Chunk
+from pose.bulk.local import shape_batches
 from pose.bulk.records import error_table, person_schema
 from pose.bulk.store import ShardStore
 
@@ -41,6 +43,22 @@ def test_cli_reports_a_bad_input_path_in_one_line_with_exit_code_2(tmp_path: Pat
 
 def _job(fingerprint: str = "a") -> dict:
     return {"fingerprint": fingerprint, "items": 2}
+
+
+def test_batches_hold_one_input_shape_and_never_span_shards() -> None:
+    def chunk(shard: int, first: int, shapes: list[tuple[int, int] | None]) -> Chunk:
+        items = [Item(first + i, f"{first + i}.jpg", None, first + i) for i in range(len(shapes))]
+        images = [torch.zeros(h, w, 3, dtype=torch.uint8) if (h, w) != (0, 0) else None for h, w in shapes]
+        return Chunk(shard, items, images, [None if im is not None else "unreadable" for im in images])
+
+    square, wide = (64, 64), (64, 160)
+    chunks = [chunk(0, 0, [square, wide, square]), chunk(0, 3, [square, (0, 0)]), chunk(1, 5, [wide, wide, square])]
+    failures: list[tuple[int, int, str]] = []
+    batches = list(shape_batches(chunks, 2, 256, lambda s, it, err: failures.append((s, it.index, err))))
+    shards_and_items = [[(s, it.index) for s, it, _ in b] for b in batches]
+    assert shards_and_items == [[(0, 0), (0, 2)], [(0, 1)], [(0, 3)], [(1, 5), (1, 6)], [(1, 7)]]
+    assert all(len({image.shape for _, _, image in b}) == 1 for b in batches)
+    assert failures == [(0, 4, "unreadable")]
 
 
 def test_a_committed_shard_survives_reopening_and_a_tampered_one_is_redone(tmp_path: Path) -> None:

@@ -14,9 +14,8 @@ import os
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -27,42 +26,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pose.api import PoseEstimator
-from pose.bulk.frames import ChunkDataset
+from pose.bulk.frames import Chunk, ChunkDataset
 from pose.bulk.inputs import Item
 from pose.bulk.job import BulkOptions, ModelSpec
+from pose.bulk.predict import predict_images, write_overlay
 from pose.bulk.records import error_table, person_table
 from pose.bulk.store import ShardStore
-from pose.draw import draw_people, encode_image
-from pose.pipeline import BatchPipeline, PoseResult
+from pose.pipeline import PoseResult
 from pose.preprocess import plan_transform
-from pose.results import to_people
 
-__all__ = ["ShardWriter", "overlay_name", "predict_images", "run_local", "write_overlay"]
-
-
-def overlay_name(item: Item) -> str:
-    """``<item>_<stem>[_f<frame>].jpg``: unique within a job, sorted in item order."""
-    stem = Path(item.path.split("://", 1)[-1]).stem
-    return f"{item.index:07d}_{stem}" + ("" if item.frame is None else f"_f{item.frame:06d}") + ".jpg"
-
-
-def write_overlay(folder: Path, item: Item, drawn: np.ndarray) -> None:
-    """Write atomically: a job killed mid-write leaves no truncated JPEG behind."""
-    tmp = folder / f".{overlay_name(item)}.tmp"
-    tmp.write_bytes(encode_image(drawn))
-    tmp.replace(folder / overlay_name(item))
-
-
-def predict_images(
-    pipeline: BatchPipeline, images: list[np.ndarray], flip: bool | None, scales: list[float] | None
-) -> list[PoseResult | str]:
-    """Poses of a batch; if the batch fails, each image alone, so one bad image fails only itself."""
-    try:
-        return list(pipeline.run(images, flip, scales)[0])
-    except (RuntimeError, ValueError) as err:
-        if len(images) == 1:
-            return [f"inference failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"]
-    return [r for image in images for r in predict_images(pipeline, [image], flip, scales)]
+__all__ = ["ShardWriter", "default_workers", "run_local", "shape_batches"]
 
 
 @dataclass
@@ -164,61 +137,65 @@ def chunks_of(pending: dict[int, list[Item]], size: int) -> list[tuple[int, list
     return [(s, items[i : i + size]) for s, items in sorted(pending.items()) for i in range(0, len(items), size)]
 
 
-def run_local(store: ShardStore, pending: dict[int, list[Item]], spec: ModelSpec, options: BulkOptions) -> None:
-    """Run the pending shards of a job here and commit them to ``store``."""
-    est = PoseEstimator.from_config(spec.model, weights=spec.weights, device=spec.device)
-    flip, scales = options.flip, list(options.scales) if options.scales else None
-    short_side = est.config.input.size
-    overlay_dir = store.out / "overlays"
+Entry = tuple[int, Item, np.ndarray]  # shard, item, HWC uint8 RGB image
 
-    def draw(item: Item, image: np.ndarray, result: PoseResult) -> None:
-        people = to_people(result.keypoints, result.scores, result.boxes, min_score=options.min_score)
-        write_overlay(overlay_dir, item, draw_people(image, people, est.config.keypoints.skeleton))
 
-    if options.overlay:
-        overlay_dir.mkdir(parents=True, exist_ok=True)
+def shape_batches(
+    chunks: Iterable[Chunk], batch_size: int, short_side: int, failed: Callable[[int, Item, str], None]
+) -> Iterator[list[Entry]]:
+    """Batches of one network input shape, full except at the end of a shard, where every bucket is
+    flushed; unreadable items go to ``failed``."""
+    buckets: dict[tuple[int, int], list[Entry]] = defaultdict(list)
+    current = None
+    for chunk in chunks:
+        if chunk.shard != current:
+            yield from buckets.values()
+            buckets.clear()
+            current = chunk.shard
+        for item, pixels, error in zip(chunk.items, chunk.images, chunk.errors, strict=True):
+            if pixels is None:
+                failed(chunk.shard, item, error or "unreadable")
+                continue
+            image = pixels.numpy()
+            key = plan_transform(image.shape[1], image.shape[0], short_side).input_size
+            buckets[key].append((chunk.shard, item, image))
+            if len(buckets[key]) == batch_size:
+                yield buckets.pop(key)
+    yield from buckets.values()
 
-    workers = default_workers(spec.device) if options.workers is None else options.workers
-    loader = DataLoader(
+
+def _loader(pending: dict[int, list[Item]], options: BulkOptions, device: str) -> DataLoader:
+    workers = default_workers(device) if options.workers is None else options.workers
+    return DataLoader(
         ChunkDataset(chunks_of(pending, options.chunk_size)),
         batch_size=None,
         num_workers=workers,
         collate_fn=_identity,
-        pin_memory=torch.device(spec.device).type == "cuda",
+        pin_memory=torch.device(device).type == "cuda",
         worker_init_fn=_worker_init if workers else None,
         # spawned, not forked: OpenCV's and OpenMP's thread pools do not survive a fork (workers hang)
         multiprocessing_context="spawn" if workers else None,
         prefetch_factor=max(2, -(-options.batch_size // options.chunk_size) * 2) if workers else None,
     )
-    total = sum(len(items) for items in pending.values())
-    bar = tqdm(total=total, unit="img", desc="pose batch", disable=not options.progress, smoothing=0.1)
-    buckets: dict[tuple[int, int], list[tuple[int, Item, np.ndarray]]] = defaultdict(list)
 
-    def run(bucket: list[tuple[int, Item, np.ndarray]]) -> None:
-        outcomes = predict_images(est.pipeline, [image for _, _, image in bucket], flip, scales)
-        for (shard, item, image), outcome in zip(bucket, outcomes, strict=True):
-            if isinstance(outcome, str):
-                writer.failure(shard, item, outcome)
-            else:
-                writer.result(shard, item, image, outcome)
+
+def run_local(store: ShardStore, pending: dict[int, list[Item]], spec: ModelSpec, options: BulkOptions) -> None:
+    """Run the pending shards of a job here and commit them to ``store``."""
+    est = PoseEstimator.from_config(spec.model, weights=spec.weights, device=spec.device)
+    scales = list(options.scales) if options.scales else None
+    overlays = store.out / "overlays"
+
+    def draw(item: Item, image: np.ndarray, result: PoseResult) -> None:
+        write_overlay(overlays, item, image, result, est.config.keypoints.skeleton, options.min_score)
 
     expected = {s: len(items) for s, items in pending.items()}
+    bar = tqdm(total=sum(expected.values()), unit="img", desc="pose batch", disable=not options.progress)
     with bar, ShardWriter(store, expected, draw if options.overlay else None, bar) as writer:
-        current = None
-        for chunk in loader:
-            if chunk.shard != current:
-                for bucket in buckets.values():
-                    run(bucket)
-                buckets.clear()
-                current = chunk.shard
-            for item, pixels, error in zip(chunk.items, chunk.images, chunk.errors, strict=True):
-                if pixels is None:
-                    writer.failure(chunk.shard, item, error or "unreadable")
-                    continue
-                image = pixels.numpy()
-                key = plan_transform(image.shape[1], image.shape[0], short_side).input_size
-                buckets[key].append((chunk.shard, item, image))
-                if len(buckets[key]) == options.batch_size:
-                    run(buckets.pop(key))
-        for bucket in buckets.values():
-            run(bucket)
+        loader = _loader(pending, options, spec.device)
+        for batch in shape_batches(loader, options.batch_size, est.config.input.size, writer.failure):
+            outcomes = predict_images(est.pipeline, [image for _, _, image in batch], options.flip, scales)
+            for (shard, item, image), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, str):
+                    writer.failure(shard, item, outcome)
+                else:
+                    writer.result(shard, item, image, outcome)

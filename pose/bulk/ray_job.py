@@ -29,12 +29,10 @@ import pyarrow.parquet as pq
 from pose.bulk.frames import read_items
 from pose.bulk.inputs import InputError, Item
 from pose.bulk.job import BulkOptions, ModelSpec, RayOptions
-from pose.bulk.local import predict_images, write_overlay
+from pose.bulk.predict import predict_images, write_overlay
 from pose.bulk.records import ERROR_SCHEMA, person_schema, person_table
 from pose.bulk.store import ShardStore
-from pose.draw import draw_people
 from pose.pipeline import PoseResult
-from pose.results import to_people
 
 __all__ = ["PoseActor", "actor_schema", "run_ray"]
 _ITEM_SCHEMA = pa.schema([("item", pa.int64()), ("path", pa.string()), ("frame", pa.int64()), ("image_id", pa.int64())])
@@ -92,18 +90,12 @@ class PoseActor:
 
         from pose.api import PoseEstimator
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         self.est = PoseEstimator.from_config(spec.model, weights=spec.weights, device=spec.device)
         self.options = options
         self.overlays = Path(out) / "overlays"
         self.num_keypoints = self.est.config.keypoints.num_keypoints
         self.schema = actor_schema(self.num_keypoints)
-
-    def _draw(self, item: Item, image: np.ndarray, result: PoseResult) -> None:
-        people = to_people(result.keypoints, result.scores, result.boxes, min_score=self.options.min_score)
-        self.overlays.mkdir(parents=True, exist_ok=True)
-        write_overlay(self.overlays, item, draw_people(image, people, self.est.config.keypoints.skeleton))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok: list[tuple[Item, np.ndarray]] = []
@@ -124,7 +116,8 @@ class PoseActor:
                 continue
             done.append((item, (image.shape[1], image.shape[0]), outcome))
             if self.options.overlay:
-                self._draw(item, image, outcome)
+                skeleton = self.est.config.keypoints.skeleton
+                write_overlay(self.overlays, item, image, outcome, skeleton, self.options.min_score)
         people = person_table([d[0] for d in done], [d[1] for d in done], [d[2] for d in done], self.num_keypoints)
         people = people.append_column("error", pa.nulls(people.num_rows, pa.string())).cast(self.schema)
         return pa.concat_tables([people, _error_rows(failed, self.schema)])
@@ -197,7 +190,7 @@ def run_ray(
     manifest = _manifest(pending)
     size = options.batch_size
     blocks = [manifest.slice(i, size) for i in range(0, manifest.num_rows, size)]
-    threads = 0 if cluster.gpus_per_actor else max(1, int(cluster.cpus_per_actor))
+    threads = max(1, int(cluster.cpus_per_actor))  # torch threads follow the reserved slots, GPU or not
     _check_slots(cluster)
     decoded = ray.data.from_arrow(blocks).map_batches(
         decode_rows, batch_size=options.chunk_size, batch_format="pyarrow", num_cpus=cluster.decode_cpus

@@ -98,8 +98,9 @@ class ShardStore:
                 )
         else:
             _write_json(job_file, self.job)
-        for stale in [*self.poses_dir.glob(".*.tmp"), *self.errors_dir.glob(".*.tmp"), *self.out.glob(".*.tmp")]:
-            stale.unlink()
+        for folder in (self.out, self.poses_dir, self.errors_dir, self.out / "overlays"):
+            for stale in folder.glob(".*.tmp"):  # left by a killed run
+                stale.unlink()
         manifest = self.out / "manifest.json"
         entries = json.loads(manifest.read_text())["shards"] if manifest.is_file() else {}
         for key, entry in entries.items():
