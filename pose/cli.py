@@ -116,6 +116,65 @@ def predict(
 
 
 @app.command()
+def batch(
+    inputs: Annotated[
+        list[str], typer.Argument(help="folders, glob patterns, .txt/.csv/.parquet manifests, images, videos")
+    ],
+    out: Annotated[Path, typer.Option(help="output folder (rerun into it to resume)")],
+    model: DefaultModelOpt = DEFAULT_MODEL,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="DataLoader decoding processes (default: by device and cores)")
+    ] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="items per committed shard (unit of resumption)")] = 256,
+    stride: Annotated[int, typer.Option(min=1, help="every N-th video frame")] = 1,
+    flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
+    scales: ScalesOpt = None,
+    overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
+    min_score: Annotated[
+        float | None,
+        typer.Option(min=0, help="drop poses scoring below this (default: the model's test.score_threshold)"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar with images/s and ETA")] = True,
+    ray: Annotated[bool, typer.Option("--ray", help="run on Ray Data (see --ray-address)")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, help="Ray: model replicas")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(min=0, help="Ray: GPUs per replica (1: one model per GPU)")] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(min=0, help="Ray: CPU slots per replica")] = 1,
+) -> None:
+    """Run a whole data set: Parquet, JSONL and COCO results in resumable shards; ``--ray`` for a cluster."""
+    from pose.bulk import BulkOptions, InputError, JobMismatchError, ModelSpec, RayOptions, run_batch
+
+    options = BulkOptions(
+        batch_size=batch_size,
+        workers=workers,
+        shard_size=shard_size,
+        stride=stride,
+        flip=flip,
+        scales=tuple(scales) if scales else None,
+        overlay=overlay,
+        min_score=min_score,
+        progress=progress,
+    )
+    spec = ModelSpec(str(model), str(weights) if weights else None, device)
+    cluster = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if ray or ray_address else None
+    try:
+        summary = run_batch(inputs, out, spec, options, cluster)
+    except (InputError, JobMismatchError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{_count(summary.images, 'image')}, {_count(summary.people, 'pose')}, {_count(summary.errors, 'error')} "
+        f"in {_count(summary.shards, 'shard')} "
+        f"({summary.skipped_shards} already done), {summary.images_per_s:.2f} images/s -> {out}"
+    )
+
+
+@app.command()
 def raw(
     image: Annotated[Path, typer.Argument(help="one image")],
     model: ModelOpt,

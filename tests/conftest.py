@@ -31,3 +31,23 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared test photos not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def bulk_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for bulk jobs: drawn scenes, a file that is not an image and a short video."""
+    from .bulk_data import write_inputs
+
+    return write_inputs(tmp_path_factory.mktemp("bulk") / "inputs")
+
+
+@pytest.fixture(scope="session")
+def bulk_local_run(bulk_inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted local bulk job over ``bulk_inputs``; the reference other runs must equal."""
+    from pose.bulk import BulkOptions, run_batch
+
+    from .bulk_data import OPTIONS
+
+    out = tmp_path_factory.mktemp("bulk") / "local"
+    run_batch([str(bulk_inputs)], out, options=BulkOptions(**OPTIONS, workers=1, progress=False))
+    return out

@@ -115,3 +115,22 @@ def test_gpu_check_smoke_run_fills_every_section(tmp_path: Path) -> None:
     assert report["service"]["exit_code"] in (0, -15)  # a clean exit, or ended by the SIGTERM it was sent
     assert report["agreement"]["cpu_fp32"]["within_half_pixel"] == 1.0  # the same device: the same poses
     assert (tmp_path / "report.md").read_text().startswith("# GPU check")
+
+
+def test_bulk_benchmark_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
+    """One image, the loop and one bulk configuration, no Ray: the script runs and rewrites only its table."""
+    doc = tmp_path / "performance.md"
+    from bench.bulk import TABLE_END, TABLE_START
+
+    doc.write_text(f"before\n{TABLE_START}\nold\n{TABLE_END}\nafter\n")
+    run_module(
+        "bench.bulk",
+        *("--images", "1", "--rounds", "1", "--workers", "0", "--no-ray"),
+        *("--out", str(tmp_path / "bulk.json"), "--markdown", str(doc)),
+    )
+    report = json.loads((tmp_path / "bulk.json").read_text())
+    assert [r["config"] for r in report["summary"]] == ["pose predict loop", "pose batch, workers 0"]
+    assert all(r["images_per_s"] > 0 for r in report["rows"]) and report["ray_init_s"] is None
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| pose batch, workers 0 |" in text

@@ -1,0 +1,82 @@
+"""The bulk job on Ray Data (a local Ray with two CPUs) writes exactly what the local job writes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pose.bulk import BulkOptions, RayOptions, run_batch
+
+from .bulk_data import ITEMS, OPTIONS, SHARD_SIZE, output_files
+from .conftest import ROOT
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]')")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    # Workers import this checkout, not whichever copy of the package the interpreter has installed.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        num_cpus=3,  # two for the model replicas, one for the decoding tasks beside them
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    yield
+    ray.shutdown()
+
+
+def test_ray_job_with_a_pool_of_actors_equals_the_local_job(
+    local_ray: None, bulk_inputs: Path, bulk_local_run: Path, tmp_path: Path
+) -> None:
+    """Two single-threaded replicas: the same rows, in the same order, the same errors. Coordinates agree to
+    float rounding only, since a single-threaded convolution sums in another order than the local job's two
+    threads; with the local job's thread count the files are identical (next test)."""
+    out = tmp_path / "ray"
+    summary = run_batch(
+        [str(bulk_inputs)],
+        out,
+        options=BulkOptions(**OPTIONS, progress=False),
+        ray=RayOptions(actors=2, cpus_per_actor=1),
+    )
+    assert summary.engine == "ray" and summary.errors == 1 and summary.images == ITEMS - 1
+    assert summary.extra["ray_files"] >= 1 and not (out / ".ray-output").exists()
+    got, want = pq.read_table(out / "poses"), pq.read_table(bulk_local_run / "poses")
+    assert got.schema == want.schema and got.num_rows == want.num_rows > 0
+    exact = ["item", "image_id", "path", "frame", "width", "height", "person", "track_id"]
+    assert got.select(exact) == want.select(exact)
+    for column in ("keypoints", "bbox", "score"):
+        np.testing.assert_allclose(_values(got, column), _values(want, column), rtol=1e-5, atol=1e-4)
+    for name in ("errors.jsonl", "errors/part-00002.parquet"):
+        assert (out / name).read_bytes() == (bulk_local_run / name).read_bytes()
+    assert len(list((out / "overlays").iterdir())) == ITEMS - 1
+
+
+def _values(table: pa.Table, column: str) -> np.ndarray:
+    return np.asarray(table.column(column).to_pylist(), dtype=np.float64)
+
+
+def test_ray_finishes_a_job_the_local_path_started_file_for_file(
+    local_ray: None, bulk_inputs: Path, bulk_local_run: Path, tmp_path: Path
+) -> None:
+    """Shards are the same unit on both paths: Ray runs only the shards missing from the folder, and one
+    replica with the local job's two threads writes the very same bytes."""
+    out = tmp_path / "mixed"
+    for name in output_files(bulk_local_run):
+        if name.startswith(("poses/", "errors/", "overlays/")) or name in ("job.json", "manifest.json"):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes((bulk_local_run / name).read_bytes())
+    for shard in (1, 2):  # as if the local job had died before these two
+        (out / "poses" / f"part-{shard:05d}.parquet").unlink()
+    summary = run_batch(
+        [str(bulk_inputs)], out, options=BulkOptions(**OPTIONS, progress=False), ray=RayOptions(cpus_per_actor=2)
+    )
+    assert summary.skipped_shards == summary.shards - 2 == -(-ITEMS // SHARD_SIZE) - 2
+    assert output_files(out) == output_files(bulk_local_run)
