@@ -3,9 +3,9 @@ walking, swaying and changing depth so that they cross and hide one another.
 
 Each person keeps one figure (its proportions, limb angles and clothes) for the whole clip, as a real
 person keeps their clothes; what changes smoothly from frame to frame is where it stands, how far away it
-is (its drawn height) and how it leans. People walk back and forth between the image borders, so on the
-default scenes paths cross several times and the nearer person (drawn later, bigger) hides the farther
-one for a few frames. Visibility is exact, as in the still scenes: a stamp map records which person each
+is (its drawn height) and how it leans. People walk straight across, entering and leaving the picture;
+every person after the first meets an earlier one head-on in the middle of the clip, and the nearer
+person (drawn later, bigger) hides the farther one for a few frames. Visibility is exact, as in the still scenes: a stamp map records which person each
 pixel shows.
 
 Letters: T frames, N people in a frame, K keypoints (17).
@@ -34,7 +34,7 @@ class VideoSceneConfig:
     fps: float = 25.0
     people: tuple[int, int] = (2, 4)  # inclusive range per clip
     height: tuple[float, float] = (0.45, 0.8)  # drawn height / image height, sampled per person
-    speed: tuple[float, float] = (0.15, 0.45)  # walking speed in image widths per second
+    speed: tuple[float, float] = (0.25, 0.5)  # walking speed in image widths per second
     depth_change: float = 0.15  # relative height change over a clip (walking towards or away)
     sway: float = 8.0  # degrees of lean, oscillating
     clutter: tuple[int, int] = (0, 6)
@@ -89,36 +89,41 @@ class _Walker:
     sway_phase: float
     sway_rate: float  # Hz
 
-    def place(self, t: float, width: float, sway: float) -> tuple[np.ndarray, np.ndarray]:
-        """Row-vector transform and pelvis position at ``t``: walking back and forth between the borders."""
-        margin = 0.1 * width
-        span = width - 2 * margin
-        u = (self.x0 - margin + self.speed * t) % (2 * span)
-        x = margin + (u if u <= span else 2 * span - u)  # reflect at the borders
+    def place(self, t: float, sway: float) -> tuple[np.ndarray, np.ndarray]:
+        """Row-vector transform and pelvis position at ``t``: a straight walk, leaning back and forth."""
         height = self.height * (1 + self.growth * t)
         angle = sway * math.sin(2 * math.pi * self.sway_rate * t + self.sway_phase)
-        return _rot(angle).T * height, np.array([x, self.y])
+        return _rot(angle).T * height, np.array([self.x0 + self.speed * t, self.y])
 
 
 def _walkers(rng: np.random.Generator, config: VideoSceneConfig) -> list[_Walker]:
+    """People on one ground line; each after the first walks towards an earlier one and meets them (same
+    spot, opposite directions) in the middle of the clip, so paths cross on every clip."""
     h, w = config.size
+    duration = config.num_frames / config.fps
     n = int(rng.integers(config.people[0], config.people[1] + 1))
-    walkers = []
+    walkers: list[_Walker] = []
     for i in range(n):
         kp, parts = _figure(rng)
-        height = h * rng.uniform(*config.height)
-        speed = w * rng.uniform(*config.speed) * rng.choice([-1.0, 1.0])
-        growth = rng.uniform(-config.depth_change, config.depth_change) * config.fps / max(config.num_frames, 1)
+        speed = w * rng.uniform(*config.speed)
+        if walkers:
+            partner = walkers[int(rng.integers(len(walkers)))]
+            meet = duration * rng.uniform(0.3, 0.7)
+            speed = -math.copysign(speed, partner.speed)
+            x0 = partner.place(meet, 0.0)[1][0] - speed * meet
+        else:  # starts on one side, walking towards the other
+            speed *= rng.choice([-1.0, 1.0])
+            x0 = w * (0.5 - math.copysign(rng.uniform(0.15, 0.3), speed))
         walkers.append(
             _Walker(
                 track_id=i + 1,
                 keypoints=kp,
                 parts=parts,
-                x0=rng.uniform(0.1 * w, 0.9 * w),
+                x0=float(x0),
                 y=h * 0.5 + rng.uniform(-0.05, 0.05) * h,
-                speed=speed,
-                height=height,
-                growth=growth,
+                speed=float(speed),
+                height=h * rng.uniform(*config.height),
+                growth=rng.uniform(-config.depth_change, config.depth_change) / max(duration, 1e-6),
                 sway_phase=rng.uniform(0, 2 * math.pi),
                 sway_rate=rng.uniform(0.3, 0.8),
             )
@@ -131,7 +136,7 @@ def _frame(
 ) -> tuple[np.ndarray, FrameTruth]:
     h, w = config.size
     canvas = _Canvas(background.copy())
-    placed = [walker.place(t, w, config.sway) for walker in walkers]
+    placed = [walker.place(t, config.sway) for walker in walkers]
     order = np.argsort([m[0, 0] ** 2 + m[0, 1] ** 2 for m, _ in placed], kind="stable")  # farther (smaller) first
     keypoints, owners, full_areas = {}, {}, {}
     for index in order:
