@@ -5,8 +5,8 @@ Each person keeps one figure (its proportions, limb angles and clothes) for the 
 person keeps their clothes; what changes smoothly from frame to frame is where it stands, how far away it
 is (its drawn height) and how it leans. People walk straight across, entering and leaving the picture;
 every person after the first meets an earlier one head-on in the middle of the clip, and the nearer
-person (drawn later, bigger) hides the farther one for a few frames. Visibility is exact, as in the still scenes: a stamp map records which person each
-pixel shows.
+person (drawn later, bigger) hides the farther one for a few frames. Visibility is exact, as in the
+still scenes: a stamp map records which person each pixel shows.
 
 Letters: T frames, N people in a frame, K keypoints (17).
 """
