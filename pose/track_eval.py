@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from pose.data.synthetic_video import SyntheticVideo
+from pose.tracking import TrackedPoses
 from pose.train.rescore import keypoint_oks
 
-__all__ = ["FrameMatches", "IdentityScores", "frame_matches", "identity_scores"]
+__all__ = ["FrameMatches", "IdentityScores", "frame_matches", "identity_scores", "synthetic_video_scores"]
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ def frame_matches(
         counted: (G,) bool, False for ignore regions.
         predicted_ids: (P,) track ids; ``predicted_keypoints`` (P, K, 2+) x, y.
     """
+    k = len(sigmas)
     oks = keypoint_oks(
-        np.asarray(predicted_keypoints, np.float64)[..., :2].reshape(len(predicted_ids), -1, 2),
-        np.asarray(true_keypoints, np.float64).reshape(len(true_ids), -1, 3),
+        np.asarray(predicted_keypoints, np.float64)[..., :2].reshape(len(predicted_ids), k, 2),
+        np.asarray(true_keypoints, np.float64).reshape(len(true_ids), k, 3),
         np.asarray(scales, np.float64),
         np.asarray(sigmas, np.float64),
     )  # (P, G)
@@ -101,3 +104,34 @@ def identity_scores(frames: Sequence[FrameMatches], min_oks: float = 0.5) -> Ide
         num_true=num_true,
         num_predicted=num_predicted,
     )
+
+
+def synthetic_video_scores(
+    video: SyntheticVideo,
+    tracked: Sequence[TrackedPoses],
+    sigmas: Sequence[float],
+    min_oks: float = 0.5,
+    min_shown: float = 0.3,
+    min_visible_joints: int = 4,
+) -> IdentityScores:
+    """IDF1 of tracked poses on a generated clip; a person showing less than ``min_shown`` of their
+    silhouette, or fewer than ``min_visible_joints`` visible joints, is an ignore region in that frame."""
+    if len(tracked) != len(video.truth):
+        raise ValueError(f"got {len(tracked)} tracked frames for a clip of {len(video.truth)}")
+    matches = []
+    for truth, people in zip(video.truth, tracked, strict=True):
+        visible = (truth.keypoints[:, :, 2] == 2).sum(1)
+        counted = (truth.areas >= min_shown * truth.full_areas) & (visible >= min_visible_joints)
+        matches.append(
+            frame_matches(
+                truth.track_ids,
+                truth.keypoints,
+                truth.full_areas,
+                counted,
+                people.track_ids.numpy(),
+                people.keypoints.numpy(),
+                sigmas,
+                min_oks,
+            )
+        )
+    return identity_scores(matches, min_oks)
