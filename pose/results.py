@@ -54,11 +54,14 @@ def frame_record(
     boxes: Tensor,
     track_ids: Tensor | None,
     names: list[str],
+    max_people: int | None = None,
 ) -> dict:
-    """One video frame's people, best first, as the service's NDJSON line writes them (``track_id`` null
-    when untracked), so a file the CLI writes reads like a stream the service sends."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    people = to_people(keypoints[order], scores[order], boxes[order], sort=False)
+    """One video frame's people, best first, as a JSON-ready line (``track_id`` null when untracked): the
+    service streams these and the CLI writes them, so both read the same. Non-finite numbers (JSON has
+    none) become 0 or the largest float32."""
+    order = torch.argsort(scores, descending=True, stable=True)[:max_people]
+    keypoints, scores, boxes = (t[order].nan_to_num(0.0, 3.0e38, -3.0e38) for t in (keypoints, scores, boxes))
+    people = to_people(keypoints, scores, boxes, sort=False)
     ids = track_ids[order].tolist() if track_ids is not None else [None] * len(people)
     return {
         "frame": frame,

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from pose.config import ModelConfig
 from pose.draw import draw_people, track_colors
 from pose.errors import VideoReadError
 from pose.pipeline import PoseResult
-from pose.results import to_people
+from pose.results import Person, frame_record
 from pose.tracking import PoseTracker, TrackedPoses, TrackerConfig
 from pose.video import VideoFrame, VideoInfo, VideoWriter, iter_frames, probe
 from service.batcher import DynamicBatcher
@@ -56,9 +57,7 @@ from service.errors import (
 from service.options import ResolvedOptions, VideoOptions, resolve_options
 from service.routes import ERRORS
 from service.schemas import (
-    Keypoint,
     OverlayInfo,
-    TrackedPerson,
     VideoFrameResult,
     VideoSummary,
     VideoSummaryLine,
@@ -288,35 +287,22 @@ class FrameReader:
 
 def _frame_line(
     frame: VideoFrame, tracked: TrackedPoses, track: bool, options: ResolvedOptions, names: list[str]
-) -> tuple[VideoFrameResult, list[tuple[Any, int | None]]]:
+) -> tuple[VideoFrameResult, list[tuple[Person, int | None]]]:
     """The frame's line (best first, at most ``max_people``) and its people with ids for the overlay."""
-    order = np.argsort(-tracked.scores.numpy(), kind="stable")[: options.max_people]
-    people = to_people(tracked.keypoints[order], tracked.scores[order], tracked.boxes[order], sort=False)
-    ids: list[int | None] = tracked.track_ids[order].tolist() if track else [None] * len(people)
-    result = VideoFrameResult(
-        frame=frame.index,
-        time_s=frame.time_s,
-        people=[
-            TrackedPerson(
-                keypoints=[
-                    Keypoint(name=n, x=x, y=y, score=s)
-                    for n, (x, y, s) in zip(names, np.nan_to_num(np.array(p.keypoints)), strict=True)
-                ],
-                score=float(np.nan_to_num(p.score)),
-                bbox=tuple(np.nan_to_num(np.array(p.box)).tolist()),
-                track_id=i,
-            )
-            for p, i in zip(people, ids, strict=True)
-        ],
+    ids = tracked.track_ids if track else None
+    record = frame_record(
+        frame.index, frame.time_s, tracked.keypoints, tracked.scores, tracked.boxes, ids, names, options.max_people
     )
-    return result, list(zip(people, ids, strict=True))
+    line = VideoFrameResult.model_validate(record)
+    drawn = [(Person([(k.x, k.y, k.score) for k in p.keypoints], p.score, p.bbox), p.track_id) for p in line.people]
+    return line, drawn
 
 
 def _untracked(poses: PoseResult) -> TrackedPoses:
     return TrackedPoses(poses.keypoints, poses.scores, poses.boxes, torch.zeros(len(poses.scores), dtype=torch.int64))
 
 
-def _draw(writer: VideoWriter, image: np.ndarray, people: list[tuple[Any, int | None]], config: ModelConfig) -> None:
+def _draw(writer: VideoWriter, image: np.ndarray, people: list[tuple[Person, int | None]], config: ModelConfig) -> None:
     ids = [i or 0 for _, i in people]
     writer.write(draw_people(image, [p for p, _ in people], config.keypoints.skeleton, colors=track_colors(ids)))
 
@@ -423,7 +409,6 @@ async def stream_lines(
                 writer.close()
         if overlay_id is not None and overlay_path is not None and overlay_path.exists():
             store.discard(overlay_id)
-        job.path.unlink(missing_ok=True)
         done()
 
 
@@ -500,7 +485,17 @@ async def estimate_video_poses(
     def reserve(pixels: int) -> contextlib.AbstractAsyncContextManager[None]:
         return intake.reserve(pixels, wait_s=settings.request_timeout_s)  # later frames wait for the budget
 
-    body = stream_lines(job, batcher, reserve, videos.overlays, metrics.video_frames.inc, videos.release)
+    released = False
+
+    def finish() -> None:  # once, whether the body ran to its end, failed, or was never started
+        nonlocal released
+        if not released:
+            released = True
+            path.unlink(missing_ok=True)
+            videos.release()
+
+    body = stream_lines(job, batcher, reserve, videos.overlays, metrics.video_frames.inc, finish)
+    weakref.finalize(body, finish)  # a client gone before the first byte: the body is dropped unstarted
     return StreamingResponse(body, media_type=NDJSON)
 
 

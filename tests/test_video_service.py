@@ -162,3 +162,15 @@ def test_real_clips_stream_to_the_end(data_dir: Path, name: str) -> None:
     assert "error" not in out[-1], out[-1]
     assert [f["frame"] for f in out[:-1]] == list(range(0, info.num_frames, 12))
     assert out[-1]["summary"]["duration_s"] == pytest.approx(info.duration_s)
+
+
+def test_every_video_gives_back_its_slot_and_file(client: TestClient, clip: Path) -> None:
+    """After streams, refusals and a client that stops reading, no decode slot or upload is held."""
+    with client.stream("POST", "/v1/pose/video", content=clip.read_bytes(), headers={"content-type": "video/mp4"}) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first frame, then the client goes away
+    client.post("/v1/pose/video", content=b"junk" * 100, headers={"content-type": "video/mp4"})
+    lines(upload(client, clip, max_frames="1"))
+    state = client.app.state.video
+    assert state.active == 0
+    assert not any((state.root / "uploads").iterdir())
