@@ -61,6 +61,7 @@ from service.schemas import (
     VideoFrameResult,
     VideoSummary,
     VideoSummaryLine,
+    inline_json_schema,
 )
 from service.settings import Settings
 
@@ -441,7 +442,9 @@ _NDJSON_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "One JSON object per line: a VideoFrameResult per frame, then a VideoSummaryLine; an "
         "error after the first line arrives as a last line {'error': {...}}",
-        "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/VideoFrameResult"}}},
+        "content": {
+            NDJSON: {"schema": {"oneOf": [inline_json_schema(VideoFrameResult), inline_json_schema(VideoSummaryLine)]}}
+        },
     },
     **ERRORS,
 }
@@ -502,7 +505,11 @@ async def estimate_video_poses(
 @video_router.get(
     "/pose/video/{video_id}/overlay.mp4",
     response_class=FileResponse,
-    responses={200: {"content": {"video/mp4": {}}, "description": "H.264 MP4 with skeletons"}, **ERRORS},
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "H.264 MP4 with skeletons"},
+        404: {"description": "Unknown or expired overlay"},
+        **ERRORS,
+    },
 )
 async def overlay_video(video_id: str, _: ApiKey, videos: VideoDep) -> FileResponse:
     """The overlay video a ``POST /v1/pose/video`` with ``overlay=true`` rendered (kept for a while)."""

@@ -174,3 +174,15 @@ def test_every_video_gives_back_its_slot_and_file(client: TestClient, clip: Path
     state = client.app.state.video
     assert state.active == 0
     assert not any((state.root / "uploads").iterdir())
+
+
+def test_openapi_declares_the_upload_the_options_and_the_ndjson_lines(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/pose/video"]["post"]
+    assert {"video/mp4", "video/webm", "video/quicktime", "multipart/form-data"} <= set(
+        operation["requestBody"]["content"]
+    )
+    options = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    assert {"stride", "max_frames", "max_duration_s", "track", "smoothing", "overlay", "score_threshold"} <= options
+    lines = operation["responses"]["200"]["content"]["application/x-ndjson"]["schema"]["oneOf"]
+    assert {"frame", "time_s", "people"} <= set(lines[0]["properties"]) and "summary" in lines[1]["properties"]
+    assert {"413", "400", "415"} <= set(operation["responses"])
