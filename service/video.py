@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -66,6 +67,8 @@ from service.schemas import (
 from service.settings import Settings
 
 __all__ = ["OverlayStore", "VideoState", "video_router"]
+
+log = logging.getLogger("pose.service")
 
 VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "application/octet-stream")
 MULTIPART_FIELDS = ("file", "video")
@@ -403,6 +406,10 @@ async def stream_lines(
         # The status line went out with the first frames; the error is the stream's last line instead.
         code, message = _describe(err, job.frames)
         yield (json.dumps(error_body(code, message)) + "\n").encode()
+    except Exception:  # a bug must not cut the stream without a word: the log has the details
+        log.exception("video stream failed after %d frames", job.frames)
+        message = "internal error; the service's log has the details under this request id"
+        yield (json.dumps(error_body("internal_error", message)) + "\n").encode()
     finally:
         reader.stop()
         if writer is not None:

@@ -186,3 +186,25 @@ def test_openapi_declares_the_upload_the_options_and_the_ndjson_lines(client: Te
     lines = operation["responses"]["200"]["content"]["application/x-ndjson"]["schema"]["oneOf"]
     assert {"frame", "time_s", "people"} <= set(lines[0]["properties"]) and "summary" in lines[1]["properties"]
     assert {"413", "400", "415"} <= set(operation["responses"])
+
+
+def test_a_failing_batch_ends_the_stream_with_an_error_line(
+    client: TestClient, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once lines flow the status cannot change: the failure is the last line, and the slot is freed."""
+
+    def broken(images, run):  # noqa: ANN001, ANN202
+        raise RuntimeError("the device went away")
+
+    monkeypatch.setattr(client.app.state.service.batcher, "run_batch", broken)
+    out = lines(upload(client, clip))
+    assert out == [
+        {
+            "error": {
+                "code": "internal_error",
+                "message": out[-1]["error"]["message"],
+                "request_id": out[-1]["error"]["request_id"],
+            }
+        }
+    ]
+    assert "log" in out[-1]["error"]["message"] and client.app.state.video.active == 0
