@@ -35,6 +35,7 @@ VARIANTS = {
 
 def main(
     clips: Annotated[int, typer.Option(help="default scenes to render (seeds 0..clips-1)")] = 8,
+    frames: Annotated[int | None, typer.Option(help="frames per clip (default: the scene's)")] = None,
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
     model: Annotated[Path, typer.Option(help="model folder")] = DEFAULT_MODEL,
     out: Annotated[Path | None, typer.Option(help="JSON report")] = None,
@@ -42,12 +43,13 @@ def main(
     est = PoseEstimator.from_config(model)
     sigmas = est.config.keypoints.sigmas
     scores: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    frames = 0
+    scene = VideoSceneConfig() if frames is None else VideoSceneConfig(num_frames=frames)
+    run = 0
     start = time.perf_counter()
     for seed in range(clips):
-        clip = render_video(seed)
+        clip = render_video(seed, scene)
         poses = [p for i in range(0, len(clip.frames), 8) for p in est.predict_batch(clip.frames[i : i + 8], flip=flip)]
-        frames += len(poses)
+        run += len(poses)
         for name, config in VARIANTS.items():
             tracked = PoseTracker(config, sigmas).update_batch(poses, clip.times)
             s = synthetic_video_scores(clip, tracked, sigmas)
@@ -71,9 +73,9 @@ def main(
             "benchmark": "tracking",
             "model": str(model),
             "flip": est.config.test.flip if flip is None else flip,
-            "scene": asdict(VideoSceneConfig()),
+            "scene": asdict(scene),
             "clips": clips,
-            "frames": frames,
+            "frames": run,
             "seconds": time.perf_counter() - start,
             "summary": summary,
             "clips_detail": scores,
