@@ -8,7 +8,6 @@ headers only, which lets callers refuse a video that is too long before decoding
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -77,8 +76,26 @@ def _rotation(stream: av.video.stream.VideoStream, container: av.container.Input
     return 0
 
 
-def probe(source: Source) -> VideoInfo:
-    """Size, rate, duration and rotation from the headers (and the first frame's display matrix)."""
+def _packets(path: str | Path) -> tuple[int, float | None]:
+    """Packets of the video stream and the end time of the last one, read without decoding: an MP4 whose
+    index sits at the front still opens when its tail is cut off, and only its packets tell."""
+    with _open(path) as container:
+        stream = _stream(container)
+        start = stream.start_time or 0
+        count, end = 0, None
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream marker
+                continue
+            count += 1
+            if packet.pts is not None and stream.time_base is not None:
+                t = float((packet.pts - start + (packet.duration or 0)) * stream.time_base)
+                end = t if end is None else max(end, t)
+    return count, end
+
+
+def probe(source: str | Path) -> VideoInfo:
+    """Size, rate, duration and rotation from the headers (and the first frame's display matrix); refuses a
+    file whose packets stop before its header says the video ends (a truncated upload)."""
     with _open(source) as container:
         stream = _stream(container)
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
@@ -88,7 +105,7 @@ def probe(source: Source) -> VideoInfo:
             duration = container.duration / av.time_base
         else:
             duration = 0.0
-        frames = int(stream.frames) or int(math.floor(duration * fps + 0.5))
+        declared = int(stream.frames)
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise VideoReadError("the video stream declares no frame size")
@@ -97,9 +114,17 @@ def probe(source: Source) -> VideoInfo:
             rotation = _rotation(stream, container)
         except av.FFmpegError as err:
             raise VideoReadError(f"the first frame cannot be decoded ({_reason(err)})") from None
+    try:
+        packets, end = _packets(source)
+    except av.FFmpegError as err:
+        raise VideoReadError(f"the video is damaged ({_reason(err)})") from None
+    if declared and packets < declared:
+        raise VideoReadError(f"truncated: {packets} of the {declared} frames its header lists are present")
+    if end is not None and duration > 0 and end < duration - 2.0 / fps:
+        raise VideoReadError(f"truncated: it ends at {end:.2f} s of the {duration:.2f} s its header gives")
     if rotation in (90, 270):
         width, height = height, width
-    return VideoInfo(width, height, fps, duration, frames, rotation, codec, fmt)
+    return VideoInfo(width, height, fps, duration, declared or packets, rotation, codec, fmt)
 
 
 def _upright(frame: av.VideoFrame) -> np.ndarray:

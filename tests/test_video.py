@@ -22,9 +22,9 @@ def _pattern(i: int, h: int = 96, w: int = 128) -> np.ndarray:
     return image
 
 
-def _write(path: Path, n: int = 20, fps: float = 25.0, rotation: int = 0) -> Path:
-    """An H.264 MP4 of ``n`` pattern frames, with a display rotation if asked."""
-    with av.open(str(path), "w") as container:
+def _write(path: Path, n: int = 20, fps: float = 25.0, rotation: int = 0, faststart: bool = False) -> Path:
+    """An H.264 MP4 of ``n`` pattern frames, with a display rotation if asked (index first: ``faststart``)."""
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=int(fps))
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
         if rotation:
@@ -105,6 +105,16 @@ def test_a_truncated_video_is_refused_or_yields_only_its_intact_frames(tmp_path:
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: nothing can be read
     with pytest.raises(VideoReadError):
+        probe(cut)
+
+
+def test_a_cut_video_with_its_index_up_front_is_refused_too(tmp_path: Path) -> None:
+    """Streaming-friendly MP4s keep the index first, so a cut one still opens: its packets give it away."""
+    data = _write(tmp_path / "a.mp4", n=30, faststart=True).read_bytes()
+    assert probe(tmp_path / "a.mp4").num_frames == 30
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(VideoReadError, match="truncated"):
         probe(cut)
 
 

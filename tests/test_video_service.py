@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -114,9 +115,19 @@ def test_a_file_that_is_not_a_video_is_400(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_video"
 
 
-def test_a_truncated_container_is_400(client: TestClient, clip: Path) -> None:
+def test_a_truncated_container_is_400(client: TestClient, clip: Path, tmp_path: Path) -> None:
     data = clip.read_bytes()
     r = client.post("/v1/pose/video", content=data[: len(data) // 2], headers={"content-type": "video/mp4"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_video"
+    # index first (as streaming encoders write it): it opens, but its frames stop early
+    with av.open(str(tmp_path / "fast.mp4"), "w", options={"movflags": "faststart"}) as out, av.open(str(clip)) as src:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    data = (tmp_path / "fast.mp4").read_bytes()
+    r = client.post("/v1/pose/video", content=data[: len(data) * 2 // 3], headers={"content-type": "video/mp4"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_video"
 
 
