@@ -211,3 +211,17 @@ def test_a_failing_batch_ends_the_stream_with_an_error_line(
     out = lines(upload(client, clip))
     assert len(out) == 1 and out[0]["error"]["code"] == "internal_error"  # the first group failed: no frames
     assert "log" in out[0]["error"]["message"] and client.app.state.video.active == 0
+
+
+def test_smoothing_filters_keypoints_of_the_same_people(client: TestClient, clip: Path) -> None:
+    raw = lines(upload(client, clip, max_frames="4"))[:-1]
+    smooth = lines(upload(client, clip, max_frames="4", smoothing="true"))[:-1]
+    for a, b in zip(raw, smooth, strict=True):
+        assert [p["track_id"] for p in a["people"]] == [p["track_id"] for p in b["people"]]
+        assert [p["score"] for p in a["people"]] == [p["score"] for p in b["people"]]
+
+    def xy(line: dict) -> list[float]:
+        return [v for p in line["people"] for k in p["keypoints"] for v in (k["x"], k["y"])]
+
+    assert xy(raw[0]) == xy(smooth[0])  # a track's first frame is its own estimate
+    assert all(xy(a) != xy(b) for a, b in zip(raw[1:], smooth[1:], strict=True))  # later ones are filtered
