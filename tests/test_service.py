@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pose.config import DEFAULT_MODEL
 from service.app import create_app
 from service.settings import Settings
 
-from .scenes import embedded_weights_present, scene_jpeg
+from .scenes import SCENE_SIZE, embedded_weights_present, scene_jpeg
 
 MODEL = DEFAULT_MODEL
 pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
@@ -112,6 +113,23 @@ def test_multipart_json_and_options(client: TestClient) -> None:
     results = r.json()["results"]
     assert [(x["width"], x["height"]) for x in results] == [(640, 425), (50, 30)]
     assert all(x["people"] == [] for x in results)  # nothing scores above 1e9
+
+
+def test_every_body_type_gives_the_same_fields_and_people(client: TestClient) -> None:
+    data = scene_jpeg()
+    query = {"overlay": True, "format": "coco", "max_people": 3}
+    bodies = {
+        "raw": {"content": data, "headers": {"content-type": "image/jpeg"}, "params": query},
+        "multipart": {"files": {"image": ("scene.jpg", data, "image/jpeg")}, "params": query},
+        "json": {"json": {"images": [{"data": base64.b64encode(data).decode()}], **query}},
+    }
+    results = {name: client.post("/v1/pose", **kwargs).json()["results"][0] for name, kwargs in bodies.items()}
+    assert all(set(r) == {"width", "height", "people", "coco", "overlay_jpeg_base64"} for r in results.values())
+    assert results["raw"]["people"] == results["multipart"]["people"] == results["json"]["people"]
+    assert len(results["raw"]["people"]) == 3
+    for result in results.values():
+        overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_jpeg_base64"])))
+        assert (overlay.format, overlay.size) == ("JPEG", SCENE_SIZE)
 
 
 def test_concurrent_requests_are_batched(client: TestClient) -> None:
@@ -343,6 +361,25 @@ def test_openapi_documents_every_body_type_options_and_security(client: TestClie
     schemes = spec["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
     assert {name for req in operation["security"] for name in req} == set(schemes)
+
+
+def test_openapi_lists_every_endpoint_the_readme_names(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"} <= set(paths)
+    assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_load_every_asset_from_the_service_itself(client: TestClient, page: str) -> None:
+    # An offline cluster reaches no CDN: every script, style sheet and icon of the page is served here.
+    html = client.get(page).text
+    assets = re.findall(r"""(?:src|href)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+    assert len(assets) >= 2, html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from outside the service"
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
+    assert "/openapi.json" in html
 
 
 def test_settings_refuse_scales_the_decoder_cannot_group() -> None:
