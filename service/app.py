@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import numpy as np
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from pose.config import ModelConfig, load_model_config
 from pose.pipeline import BatchPipeline
@@ -113,12 +114,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.intake.close()
             app.state.video.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from assets in the package, not a CDN
         title="Pose estimation service",
         version="1",
         description="Every person's keypoints in an image: bottom-up HRNet with heatmap-guided adaptive "
         "keypoint estimates, batched on the device.",
         lifespan=lifespan,
+        static_url="/static/docs",
     )
     app.state.service = state
     register_exception_handlers(app)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pose.pipeline import PoseResult
@@ -164,22 +164,28 @@ async def list_models(_: ApiKey, settings: SettingsDep, config: ModelDep, runtim
 
 
 @health_router.get("/health/live", response_model=Health)
-@health_router.get("/v2/health/live", response_model=Health, include_in_schema=False)
+@health_router.get("/v2/health/live", response_model=Health)
 async def live() -> Health:
-    """The process is up (liveness probe)."""
+    """The process is up (liveness probe; ``/v2/...`` is the KServe/Triton spelling)."""
     return Health(status="live")
 
 
 @health_router.get("/health/ready", response_model=Health, responses={503: {"model": Health}})
-@health_router.get("/v2/health/ready", response_model=Health, include_in_schema=False)
+@health_router.get("/v2/health/ready", response_model=Health, responses={503: {"model": Health}})
 async def ready(service: ServiceDep) -> Response | Health:
-    """The model is loaded and warmed up on every batch size (readiness probe)."""
+    """The model is loaded and warmed up on every batch size (readiness probe; ``/v2/...`` is the
+    KServe/Triton spelling)."""
     if service.ready:
         return Health(status="ready")
     return JSONResponse({"status": "not_ready"}, status_code=503)
 
 
-@health_router.get("/metrics", include_in_schema=False)
+@health_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"}},
+    tags=["metrics"],
+)
 async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus exposition."""
+    """Prometheus metrics: requests, latencies by stage, batch sizes, queue, in-flight pixels, backend."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

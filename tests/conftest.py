@@ -19,6 +19,11 @@ DATA = SHARED / "data"
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment for a subprocess that must run this checkout's code, wherever ``pose`` is installed from."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     if not (PARITY / "coco" / "ckpt.pth").is_file():

@@ -4,7 +4,6 @@ no traceback), and what ``pose info`` says about a model's files."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pose.config import DEFAULT_MODEL, load_model_config
 from pose.data.synthetic import SceneConfig, render_scene
 from pose.models.hrnet import create_model
 
-from .conftest import FIXTURES, ROOT
+from .conftest import FIXTURES, ROOT, checkout_env
 
 needs_default_weights = pytest.mark.skipif(
     not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
@@ -157,15 +156,10 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path: Path, model_wit
     # The console script as a user runs it: stderr holds the one line, and nothing reaches stdout.
     command = [sys.executable, "-m", "pose", "predict", "photo.jpg", "--model", str(model_without_weights)]
     (tmp_path / "photo.jpg").write_bytes(b"")
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=checkout_env())
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("Error: checkpoint ") and result.stderr.count("\n") == 1
-
-
-def _env() -> dict[str, str]:
-    """This checkout's code first, wherever the test runs from."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 @needs_default_weights

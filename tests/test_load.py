@@ -3,26 +3,27 @@ images over budget, clients that leave and a SIGTERM mid-load; no request lost o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.load import run_faults
+from pose.config import DEFAULT_MODEL
 
-from .conftest import DATA, FIXTURES, PARITY
+from .scenes import embedded_weights_present, scene_jpeg
 
-PHOTO = DATA / "coco_sample" / "mmpose" / "000000000785.jpg"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not (PHOTO.is_file() and (PARITY / "coco" / "ckpt.pth").is_file()),
-        reason="needs ../shared (tiny model, photos)",
-    ),
+    pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent"),
 ]
 
 
-def test_fault_load_loses_nothing_and_keeps_every_policy() -> None:
+def test_fault_load_loses_nothing_and_keeps_every_policy(tmp_path: Path) -> None:
+    scene = tmp_path / "scene.jpg"
+    scene.write_bytes(scene_jpeg())
     report, problems = run_faults(
-        PHOTO,
-        FIXTURES / "tiny_coco_w8_256.yaml",
+        scene,
+        DEFAULT_MODEL,
         batch=4,
         requests=40,
         device="cpu",

@@ -1,10 +1,12 @@
-"""The HTTP service in-process (the real app through Starlette's test client) with the tiny model."""
+"""The HTTP service in-process (the real app through Starlette's test client) with the embedded model on drawn
+scenes: it needs nothing outside the checkout."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -17,16 +19,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pose.config import DEFAULT_MODEL
 from service.app import create_app
 from service.settings import Settings
 
-from .conftest import DATA, FIXTURES, PARITY
+from .scenes import SCENE_SIZE, embedded_weights_present, scene_jpeg
 
-MODEL = FIXTURES / "tiny_coco_w8_256.yaml"
-PHOTO = DATA / "coco_sample" / "mmpose" / "000000000785.jpg"
-pytestmark = pytest.mark.skipif(
-    not (PHOTO.is_file() and (PARITY / "coco" / "ckpt.pth").is_file()), reason="needs ../shared (tiny model and photos)"
-)
+MODEL = DEFAULT_MODEL
+pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
 
 
 def settings(**overrides) -> Settings:
@@ -72,11 +72,11 @@ def png_header(width: int, height: int) -> bytes:
     )
 
 
-def test_real_photo_gives_people_with_named_keypoints(client: TestClient) -> None:
-    r = client.post("/v1/pose", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"})
+def test_a_scene_gives_people_with_named_keypoints(client: TestClient) -> None:
+    r = client.post("/v1/pose", content=scene_jpeg(), headers={"content-type": "image/jpeg"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == "tiny_coco_w8_256" and body["version"] == 1
+    assert body["model"] == "synthetic_w16_256" and body["version"] == 1
     (result,) = body["results"]
     assert (result["width"], result["height"]) == (640, 425)
     people = result["people"]
@@ -89,7 +89,7 @@ def test_real_photo_gives_people_with_named_keypoints(client: TestClient) -> Non
 
 
 def test_multipart_json_and_options(client: TestClient) -> None:
-    data = PHOTO.read_bytes()
+    data = scene_jpeg()
     r = client.post(
         "/v1/pose",
         files={"image": ("p.jpg", data, "image/jpeg")},
@@ -115,8 +115,25 @@ def test_multipart_json_and_options(client: TestClient) -> None:
     assert all(x["people"] == [] for x in results)  # nothing scores above 1e9
 
 
+def test_every_body_type_gives_the_same_fields_and_people(client: TestClient) -> None:
+    data = scene_jpeg()
+    query = {"overlay": True, "format": "coco", "max_people": 3}
+    bodies = {
+        "raw": {"content": data, "headers": {"content-type": "image/jpeg"}, "params": query},
+        "multipart": {"files": {"image": ("scene.jpg", data, "image/jpeg")}, "params": query},
+        "json": {"json": {"images": [{"data": base64.b64encode(data).decode()}], **query}},
+    }
+    results = {name: client.post("/v1/pose", **kwargs).json()["results"][0] for name, kwargs in bodies.items()}
+    assert all(set(r) == {"width", "height", "people", "coco", "overlay_jpeg_base64"} for r in results.values())
+    assert results["raw"]["people"] == results["multipart"]["people"] == results["json"]["people"]
+    assert len(results["raw"]["people"]) == 3
+    for result in results.values():
+        overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_jpeg_base64"])))
+        assert (overlay.format, overlay.size) == ("JPEG", SCENE_SIZE)
+
+
 def test_concurrent_requests_are_batched(client: TestClient) -> None:
-    data = PHOTO.read_bytes()
+    data = scene_jpeg()
     with ThreadPoolExecutor(6) as pool:
         responses = list(
             pool.map(lambda _: client.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"}), range(6))
@@ -167,7 +184,7 @@ def test_unusual_but_valid_images_give_results(client: TestClient, name: str) ->
 BAD_INPUTS = {
     "empty body": (b"", "image/jpeg", 400, "invalid_image"),
     "not an image": (b"hello world, not a picture", "image/jpeg", 415, "unsupported_media_type"),
-    "truncated jpeg": (PHOTO.read_bytes()[:5000] if PHOTO.is_file() else b"", "image/jpeg", 400, "invalid_image"),
+    "truncated jpeg": (scene_jpeg()[:5000], "image/jpeg", 400, "invalid_image"),
     "truncated png": (png(np.zeros((64, 64, 3), np.uint8))[:60], "image/png", 400, "invalid_image"),
     "unsupported type": (b"GIF89a....", "image/gif", 415, "unsupported_media_type"),
     "zero-size png": (png_header(0, 0), "image/png", 400, "invalid_image"),
@@ -222,7 +239,7 @@ def test_a_bad_option_gets_the_same_422_in_a_query_and_in_json(client: TestClien
 
 
 def test_json_options_override_query_options(client: TestClient) -> None:
-    image = base64.b64encode(PHOTO.read_bytes()).decode()
+    image = base64.b64encode(scene_jpeg()).decode()
     r = client.post(
         "/v1/pose", params={"max_people": 3, "format": "coco"}, json={"images": [{"data": image}], "max_people": 1}
     )
@@ -232,7 +249,7 @@ def test_json_options_override_query_options(client: TestClient) -> None:
 
 
 def test_metrics_expose_the_documented_series(client: TestClient) -> None:
-    client.post("/v1/pose", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"})
+    client.post("/v1/pose", content=scene_jpeg(), headers={"content-type": "image/jpeg"})
     text = client.get("/metrics").text
     for series in (
         "pose_requests_total",
@@ -252,7 +269,7 @@ def test_metrics_expose_the_documented_series(client: TestClient) -> None:
 
 def test_models_and_health_paths(client: TestClient) -> None:
     models = client.get("/v1/models").json()["models"]
-    assert models[0]["name"] == "tiny_coco_w8_256" and len(models[0]["keypoints"]) == 17
+    assert models[0]["name"] == "synthetic_w16_256" and len(models[0]["keypoints"]) == 17
     for path in ("/health/live", "/v2/health/live", "/health/ready", "/v2/health/ready"):
         assert client.get(path).status_code == 200, path
 
@@ -272,7 +289,7 @@ def test_readiness_flips_only_after_warm_up() -> None:
 
 
 def test_full_queue_returns_429_with_retry_after() -> None:
-    data = PHOTO.read_bytes()
+    data = scene_jpeg()
     with TestClient(create_app(settings(queue_limit=1, max_batch_size=1, max_queue_delay_ms=0, warmup=False))) as c:
         with ThreadPoolExecutor(8) as pool:
             responses = list(
@@ -285,7 +302,7 @@ def test_full_queue_returns_429_with_retry_after() -> None:
 
 
 def test_timeout_returns_504_and_the_service_recovers() -> None:
-    data = PHOTO.read_bytes()
+    data = scene_jpeg()
     with TestClient(create_app(settings(request_timeout_s=0.01, warmup=False))) as c:
         r = c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
@@ -344,6 +361,25 @@ def test_openapi_documents_every_body_type_options_and_security(client: TestClie
     schemes = spec["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
     assert {name for req in operation["security"] for name in req} == set(schemes)
+
+
+def test_openapi_lists_every_endpoint_the_readme_names(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"} <= set(paths)
+    assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_load_every_asset_from_the_service_itself(client: TestClient, page: str) -> None:
+    # An offline cluster reaches no CDN: every script, style sheet and icon of the page is served here.
+    html = client.get(page).text
+    assets = re.findall(r"""(?:src|href)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+    assert len(assets) >= 2, html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from outside the service"
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
+    assert "/openapi.json" in html
 
 
 def test_settings_refuse_scales_the_decoder_cannot_group() -> None:

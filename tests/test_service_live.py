@@ -20,12 +20,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .conftest import DATA, FIXTURES, PARITY, ROOT
+from pose.config import DEFAULT_MODEL
 
-PHOTO = DATA / "coco_sample" / "mmpose" / "000000040083.jpg"
-pytestmark = pytest.mark.skipif(
-    not (PHOTO.is_file() and (PARITY / "coco" / "ckpt.pth").is_file()), reason="needs ../shared (tiny model and photos)"
-)
+from .conftest import ROOT
+from .scenes import embedded_weights_present, scene_jpeg
+
+pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ def running_service(**env: str) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
     env = {
         **os.environ,
-        "POSE_MODEL": str(FIXTURES / "tiny_coco_w8_256.yaml"),
+        "POSE_MODEL": str(DEFAULT_MODEL),
         "POSE_HOST": "127.0.0.1",
         "POSE_PORT": str(port),
         "POSE_MAX_BATCH_SIZE": "2",
@@ -87,7 +87,7 @@ def server() -> Iterator[tuple[str, subprocess.Popen]]:
 
 def test_serves_over_loopback_and_drains_in_flight_requests_on_sigterm(server: tuple[str, subprocess.Popen]) -> None:
     url, proc = server
-    data = PHOTO.read_bytes()
+    data = scene_jpeg()
     r = httpx.post(f"{url}/v1/pose", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
     assert r.status_code == 200 and r.json()["results"][0]["people"]
     outcome: dict[str, int] = {}
@@ -110,7 +110,7 @@ def test_serves_over_loopback_and_drains_in_flight_requests_on_sigterm(server: t
 
 
 def test_requests_the_drain_cannot_finish_get_a_json_503_and_the_exit_is_clean() -> None:
-    data = PHOTO.read_bytes()
+    data = scene_jpeg()
     with running_service(POSE_DRAIN_TIMEOUT_S="0.3", POSE_MAX_BATCH_SIZE="1") as (url, proc):
         responses: list[httpx.Response | Exception] = []
 
