@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -521,6 +520,6 @@ async def estimate_video_poses(
 async def overlay_video(video_id: str, _: ApiKey, videos: VideoDep) -> FileResponse:
     """The overlay video a ``POST /v1/pose/video`` with ``overlay=true`` rendered (kept for a while)."""
     path = videos.overlays.path(video_id)
-    if not os.path.exists(path):
+    if not path.exists():
         raise NotFoundError(f"overlay video {video_id} is gone")
     return FileResponse(path, media_type="video/mp4", filename="overlay.mp4")
