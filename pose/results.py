@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Person", "coco_results", "to_people"]
+__all__ = ["Person", "coco_results", "frame_record", "to_people"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,37 @@ def coco_results(image_id: int, keypoints: Tensor, scores: Tensor) -> list[dict]
         {"image_id": image_id, "category_id": 1, "keypoints": k, "score": s}
         for k, s in zip(flat, scores.tolist(), strict=True)
     ]
+
+
+def frame_record(
+    frame: int,
+    time_s: float,
+    keypoints: Tensor,
+    scores: Tensor,
+    boxes: Tensor,
+    track_ids: Tensor | None,
+    names: list[str],
+    max_people: int | None = None,
+) -> dict:
+    """One video frame's people, best first, as a JSON-ready line (``track_id`` null when untracked): the
+    service streams these and the CLI writes them, so both read the same. Non-finite numbers (JSON has
+    none) become 0 or the largest float32."""
+    order = torch.argsort(scores, descending=True, stable=True)[:max_people]
+    keypoints, scores, boxes = (t[order].nan_to_num(0.0, 3.0e38, -3.0e38) for t in (keypoints, scores, boxes))
+    people = to_people(keypoints, scores, boxes, sort=False)
+    ids = track_ids[order].tolist() if track_ids is not None else [None] * len(people)
+    return {
+        "frame": frame,
+        "time_s": time_s,
+        "people": [
+            {
+                "keypoints": [
+                    {"name": n, "x": x, "y": y, "score": s} for n, (x, y, s) in zip(names, p.keypoints, strict=True)
+                ],
+                "score": p.score,
+                "bbox": list(p.box),
+                "track_id": i,
+            }
+            for p, i in zip(people, ids, strict=True)
+        ],
+    }

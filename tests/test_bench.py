@@ -134,3 +134,11 @@ def test_bulk_benchmark_smoke_run_writes_report_and_table(tmp_path: Path) -> Non
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| pose batch, workers 0 |" in text
+
+
+def test_tracking_benchmark_smoke_run_scores_every_tracker(tmp_path: Path) -> None:
+    run_module("bench.tracking", "--clips", "1", "--frames", "6", "--no-flip", "--out", str(tmp_path / "t.json"))
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["frames"] == 6 and report["flip"] is False and report["scene"]["num_frames"] == 6
+    for row in report["summary"].values():
+        assert 0.0 <= row["min_idf1"] <= row["mean_idf1"] <= 1.0
