@@ -124,8 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMiddleware, metrics=state.metrics)
 
     from service.routes import health_router, models_router, pose_router
+    from service.stream import stream_router
 
     app.include_router(pose_router)
+    app.include_router(stream_router)
     app.include_router(models_router)
     app.include_router(health_router)
 

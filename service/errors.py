@@ -66,6 +66,10 @@ class BusyError(ServiceError):
     status, code = 429, "busy"
 
 
+class TooManyStreamsError(ServiceError):
+    status, code = 429, "too_many_streams"
+
+
 class ClientDisconnectedError(ServiceError):
     status, code = 499, "client_closed_request"  # nginx's convention: nobody reads it, the metrics label does
 

@@ -69,7 +69,14 @@ class Settings(BaseSettings):
     score_threshold: float | None = Field(
         None, ge=0, description="poses scoring below this are dropped (None: the model's test.score_threshold)"
     )
-    api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer")
+    stream_queue_frames: int = Field(
+        2, ge=1, le=64, description="frames a stream may hold waiting for the model; beyond it the oldest is dropped"
+    )
+    stream_max_frame_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest JPEG frame a stream accepts (larger ones get an error message)"
+    )
+    max_streams: int = Field(32, ge=1, description="open WebSocket streams beyond this are refused (close code 4429)")
+    api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer (streams: or ?token=)")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
     warmup: bool = True
     drain_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for queued requests")
