@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestMiddleware, metrics=state.metrics)
 
+    from service.demo import mount_demo
     from service.routes import health_router, models_router, pose_router
     from service.stream import stream_router
 
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream_router)
     app.include_router(models_router)
     app.include_router(health_router)
+    mount_demo(app)
 
     return app
 
