@@ -70,7 +70,11 @@ class Settings(BaseSettings):
         None, ge=0, description="poses scoring below this are dropped (None: the model's test.score_threshold)"
     )
     stream_queue_frames: int = Field(
-        2, ge=1, le=64, description="frames a stream may hold waiting for the model; beyond it the oldest is dropped"
+        1,
+        ge=1,
+        le=64,
+        description="frames a stream may hold waiting for the model, besides the one it computes; beyond it the "
+        "oldest is dropped (1: always the newest frame next, the lowest latency)",
     )
     stream_max_frame_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest JPEG frame a stream accepts (larger ones get an error message)"
