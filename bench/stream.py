@@ -59,6 +59,7 @@ class StreamLog:
     sent_at: list[float] = field(default_factory=list)  # seconds since the run started, per answered frame
     latency_s: list[float] = field(default_factory=list)  # client: frame sent to answer received
     server_ms: list[float] = field(default_factory=list)  # service: frame received to answer sent
+    batch_sizes: list[int] = field(default_factory=list)  # images in the batch each answered frame rode in
     track_ids: set[int] = field(default_factory=set)
     last_seq: int = -1
     close: str | None = None
@@ -86,6 +87,7 @@ async def run_stream(ws_url: str, frames: list[bytes], fps: float, seconds: floa
                     log.sent_at.append(m["time"] - start)
                     log.latency_s.append(now - m["time"])
                     log.server_ms.append(m["latency_ms"])
+                    log.batch_sizes.append(m["batch_size"])
                     log.track_ids.update(p["track_id"] for p in m["people"])
                 if done.is_set() and log.last_seq == log.sent - 1:
                     return
@@ -137,7 +139,9 @@ def summarize(logs: list[StreamLog], rss: list[tuple[float, float]], warmup_s: f
     answered = sum(log.answered for log in logs)
     dropped = sum(log.dropped for log in logs)
     errors = [e for log in logs for e in log.errors]
-    steady = [mb for t, mb in rss if t >= warmup_s] or [mb for _, mb in rss]
+    steady = [mb for t, mb in rss if t >= warmup_s] or [mb for _, mb in rss] or [float("nan")]
+    quarter = max(1, len(steady) // 4)
+    first, last = statistics.median(steady[:quarter]), statistics.median(steady[-quarter:])
     return {
         "frames_sent": sent,
         "frames_answered": answered,
@@ -151,12 +155,13 @@ def summarize(logs: list[StreamLog], rss: list[tuple[float, float]], warmup_s: f
         "latency": _quantiles_ms([lat for log in logs for lat in log.latency_s]),
         "server_latency": _quantiles_ms([ms for log in logs for ms in log.server_ms], scale=1.0),
         "latency_slope_s_per_s": latency_slope(logs, warmup_s),
+        "mean_batch_size": statistics.fmean(b for log in logs for b in log.batch_sizes) if answered else 0.0,
         "track_ids_per_stream": [len(log.track_ids) for log in logs],
-        "rss_mb": {
-            "after_warmup": steady[0] if steady else float("nan"),
-            "end": steady[-1] if steady else float("nan"),
-            "max": max(steady, default=float("nan")),
-            "growth": (steady[-1] - steady[0]) if steady else float("nan"),
+        "rss_mb": {  # medians of the first and last quarter of the samples after warm-up: batches make spikes
+            "first_quarter": first,
+            "last_quarter": last,
+            "max": max(steady),
+            "growth": last - first,
             "samples": [[round(t, 1), round(mb, 1)] for t, mb in rss],
         },
     }
@@ -204,6 +209,7 @@ def main(
     seconds: Annotated[float, typer.Option(help="how long each stream sends")] = 20.0,
     queue_frames: Annotated[int, typer.Option(help="POSE_STREAM_QUEUE_FRAMES of the service started")] = 1,
     max_batch_size: Annotated[int, typer.Option(help="POSE_MAX_BATCH_SIZE of the service started")] = 8,
+    flip: Annotated[bool | None, typer.Option(help="the streams' flip option (default: the model's)")] = None,
     device: str = "cpu",
     url: Annotated[str | None, typer.Option(help="use a running service instead of starting one")] = None,
     pid: Annotated[int | None, typer.Option(help="with --url: the service's process id, for memory samples")] = None,
@@ -224,7 +230,8 @@ def main(
         )
         pid = proc.pid
     try:
-        report = asyncio.run(stream_load(url, pid, streams, fps, seconds))
+        options = {} if flip is None else {"flip": str(flip).lower()}
+        report = asyncio.run(stream_load(url, pid, streams, fps, seconds, options=options))
     finally:
         if proc is not None:
             proc.terminate()
@@ -237,8 +244,9 @@ def main(
         f"{report['frames_dropped']} ({100 * report['drop_rate']:.0f}%), errors {report['frame_errors']}, "
         f"unaccounted {report['unaccounted']}\n"
         f"latency p50 {lat['p50_ms']:.0f} ms p99 {lat['p99_ms']:.0f} ms (server p50 {server['p50_ms']:.0f} "
-        f"p99 {server['p99_ms']:.0f}), slope {report['latency_slope_s_per_s']:+.3f} s/s\n"
-        f"RSS {mem['after_warmup']:.0f} -> {mem['end']:.0f} MB (max {mem['max']:.0f}), "
+        f"p99 {server['p99_ms']:.0f}), slope {report['latency_slope_s_per_s']:+.3f} s/s, "
+        f"mean batch {report['mean_batch_size']:.1f}\n"
+        f"RSS {mem['first_quarter']:.0f} -> {mem['last_quarter']:.0f} MB (max {mem['max']:.0f}), "
         f"load average {report['load_average_before'][0]:.2f} -> {report['load_average_after'][0]:.2f}"
     )
     write_report(out, {"benchmark": "stream", "model": str(DEFAULT_MODEL), "env": environment(device), **report})
