@@ -185,3 +185,22 @@ def test_streams_beyond_the_limit_are_refused_with_4429_and_counted() -> None:
         assert "pose_streams_open 1.0" in c.get("/metrics").text
         second = closed_with(c, "/v1/stream")
         assert second.code == 4429 and "limit is 1" in second.reason
+
+
+@needs_model
+def test_a_draining_service_closes_open_streams_with_4503_and_refuses_new_ones() -> None:
+    from service.app import start_drain
+
+    async def drain() -> None:
+        start_drain(c.app)  # type: ignore[arg-type]
+
+    with app_client() as c:
+        with pytest.raises(WebSocketDisconnect) as info, c.websocket_connect("/v1/stream") as ws:
+            ws.receive_json()
+            assert c.portal is not None
+            c.portal.call(drain)
+            ws.send_bytes(jpegs(1)[0])
+            ws.receive_json()
+        refused = closed_with(c, "/v1/stream")
+    assert info.value.code == 4503 and "shutting down" in info.value.reason
+    assert refused.code == 4503
