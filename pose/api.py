@@ -3,11 +3,15 @@
 >>> est = PoseEstimator.from_repo("model_repo/hrnet_w32_coco_512")   # doctest: +SKIP
 >>> poses = est.predict(est.read_image("people.jpg"))                  # doctest: +SKIP
 >>> poses.keypoints.shape  # (P, K, 3): x, y, score in image pixels    # doctest: +SKIP
+>>> for frame, people in est.track_video("clip.mp4"):                   # doctest: +SKIP
+...     print(frame.time_s, people.track_ids.tolist())                     # ids that persist across frames
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +28,10 @@ from pose.models.hrnet import PoseHRNet, create_model
 from pose.pipeline import BatchPipeline, PoseResult
 from pose.preprocess import ImageTransform, image_to_tensor, plan_transform, resize_image
 from pose.rescore import ScoringNet, load_scoring_net
+from pose.tracking import PoseTracker, TrackedPoses, TrackerConfig
+from pose.video import VideoFrame, iter_frames
 
-__all__ = ["PoseEstimator", "PoseResult", "RawOutput"]
+__all__ = ["PoseEstimator", "PoseResult", "RawOutput", "TrackedPoses", "TrackerConfig"]
 
 
 @dataclass
@@ -130,3 +136,66 @@ class PoseEstimator:
         """Poses of several images of any sizes, decoded as one batch."""
         threshold = self.config.test.score_threshold if min_score is None else min_score
         return [poses.above(threshold) for poses in self.pipeline.run(images, flip, scales, **decode)[0]]
+
+    def tracker(self, config: TrackerConfig | None = None) -> PoseTracker:
+        """A tracker for one video, matching by OKS with this model's keypoint sigmas."""
+        return PoseTracker(config, self.config.keypoints.sigmas)
+
+    def _tracked(
+        self,
+        frames: Iterable[VideoFrame],
+        tracker: PoseTracker,
+        batch_size: int,
+        scales: list[float] | None,
+        flip: bool | None,
+        min_score: float | None,
+    ) -> Iterator[tuple[VideoFrame, TrackedPoses]]:
+        """Frames in batches through :meth:`predict_batch`, then through the tracker in order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        it = iter(frames)
+        while batch := list(islice(it, batch_size)):
+            poses = self.predict_batch([f.image for f in batch], scales, flip, min_score)
+            tracked = tracker.update_batch(poses, [f.time_s for f in batch])
+            yield from zip(batch, tracked, strict=True)
+
+    def track(
+        self,
+        frames: Sequence[np.ndarray],
+        times: Sequence[float] | None = None,
+        fps: float = 25.0,
+        config: TrackerConfig | None = None,
+        batch_size: int = 8,
+        scales: list[float] | None = None,
+        flip: bool | None = None,
+        min_score: float | None = None,
+    ) -> list[TrackedPoses]:
+        """Poses with track ids for consecutive RGB frames; ``times`` in seconds default to ``i / fps``.
+
+        The same people as :meth:`predict` finds in each frame, in the same order, each with the id of the
+        person it continues (ids start at 1).
+        """
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if times is not None and len(times) != len(frames):
+            raise ValueError(f"got {len(frames)} frames but {len(times)} times")
+        items = (
+            VideoFrame(i, float(times[i]) if times is not None else i / fps, image) for i, image in enumerate(frames)
+        )
+        return [t for _, t in self._tracked(items, self.tracker(config), batch_size, scales, flip, min_score)]
+
+    def track_video(
+        self,
+        path: str | Path,
+        stride: int = 1,
+        max_frames: int | None = None,
+        max_duration_s: float | None = None,
+        config: TrackerConfig | None = None,
+        batch_size: int = 8,
+        scales: list[float] | None = None,
+        flip: bool | None = None,
+        min_score: float | None = None,
+    ) -> Iterator[tuple[VideoFrame, TrackedPoses]]:
+        """Decode a video file and yield each kept frame with its tracked poses, a batch at a time."""
+        frames = iter_frames(path, stride, max_frames, max_duration_s)
+        yield from self._tracked(frames, self.tracker(config), batch_size, scales, flip, min_score)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -13,6 +13,10 @@ from tqdm import tqdm
 
 from pose.cli_errors import WEIGHTS_HINT, CommandLine, UserError
 from pose.config import DEFAULT_MODEL, check_scales
+from pose.video import VIDEO_SUFFIXES
+
+if TYPE_CHECKING:
+    from pose.api import PoseEstimator
 
 app = CommandLine(help="Bottom-up multi-person pose estimation.")
 
@@ -44,19 +48,21 @@ ScalesOpt = Annotated[
 ]
 
 
-def _images(inputs: list[Path]) -> list[Path]:
+def _media(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Images and videos among the inputs (folders searched for both); videos are told by their suffix."""
     found: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
         elif path.is_file():
             found.append(path)
         else:
-            raise UserError(f"{path} does not exist; pass image files or folders of images")
+            raise UserError(f"{path} does not exist; pass image or video files, or folders of them")
     if not found:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise UserError(f"no images ({suffixes}) in {', '.join(map(str, inputs))}; pass image files or folders")
-    return found
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise UserError(f"no images or videos ({suffixes}) in {', '.join(map(str, inputs))}")
+    videos = [p for p in found if p.suffix.lower() in VIDEO_SUFFIXES]
+    return [p for p in found if p.suffix.lower() not in VIDEO_SUFFIXES], videos
 
 
 SYNTHETIC_NOTE = (
@@ -77,19 +83,24 @@ def _image_id(path: Path, index: int) -> int:
 
 @app.command()
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="images or folders")],
+    inputs: Annotated[list[Path], typer.Argument(help="images, videos (mp4, webm, mov, ...) or folders")],
     model: DefaultModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
-    overlay: Annotated[bool, typer.Option(help="also write skeleton overlays")] = False,
+    overlay: Annotated[bool, typer.Option(help="also write skeleton overlays (an H.264 MP4 per video)")] = False,
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
     scales: ScalesOpt = None,
     min_score: Annotated[
         float | None, typer.Option(help="drop poses scoring below this (default: the model's test.score_threshold)")
     ] = None,
+    stride: Annotated[int, typer.Option(min=1, help="videos: run every stride-th frame")] = 1,
+    max_frames: Annotated[int | None, typer.Option(min=1, help="videos: stop after this many frames")] = None,
+    track: Annotated[bool, typer.Option(help="videos: track ids that persist across frames")] = True,
+    smoothing: Annotated[bool, typer.Option(help="videos: One-Euro filter on tracked keypoints")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Detect every person's keypoints; writes predictions.json (COCO results) and optional overlays.
+    """Detect every person's keypoints; writes predictions.json (COCO results) for images, <video>.ndjson
+    (one line per frame, people with track ids) for videos, and optional overlays.
 
     Poses below the model's score threshold (--min-score) are dropped, as the service drops them.
     """
@@ -97,7 +108,9 @@ def predict(
     from pose.draw import draw_people, encode_image
     from pose.results import coco_results, to_people
 
-    paths = _images(inputs)
+    if smoothing and not track:
+        raise UserError("--smoothing follows tracks; it needs --track")
+    paths, videos = _media(inputs)
     est = PoseEstimator.from_config(model, weights=weights, device=device)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -109,10 +122,66 @@ def predict(
             people = to_people(poses.keypoints, poses.scores, poses.boxes)
             drawn = draw_people(image, people, est.config.keypoints.skeleton)
             (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
-    (out / "predictions.json").write_text(json.dumps(results))
+    if paths:
+        (out / "predictions.json").write_text(json.dumps(results))
+    frames = 0
+    for path in videos:
+        frames += _predict_video(est, path, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score)
     if est.config.name == DEFAULT_MODEL.name:  # the embedded model was trained on drawings only
         typer.echo(SYNTHETIC_NOTE.format(name=est.config.name), err=True)
-    typer.echo(f"{_count(len(results), 'pose')} from {_count(len(paths), 'image')} -> {out / 'predictions.json'}")
+    if paths:
+        typer.echo(f"{_count(len(results), 'pose')} from {_count(len(paths), 'image')} -> {out / 'predictions.json'}")
+    if videos:
+        typer.echo(f"{_count(frames, 'frame')} of {_count(len(videos), 'video')} -> {out}/<video>.ndjson")
+
+
+def _predict_video(
+    est: PoseEstimator,
+    path: Path,
+    out: Path,
+    overlay: bool,
+    stride: int,
+    max_frames: int | None,
+    track: bool,
+    smoothing: bool,
+    flip: bool | None,
+    scales: list[float] | None,
+    min_score: float | None,
+) -> int:
+    """One video to ``<stem>.ndjson`` (and ``<stem>_pose.mp4``); returns the frames written."""
+    import torch
+
+    from pose.draw import draw_people, track_colors
+    from pose.results import frame_record, to_people
+    from pose.tracking import TrackerConfig
+    from pose.video import VideoWriter, probe
+
+    info = probe(path)  # a file that is not a video fails here, before anything is written
+    names = est.config.keypoints.names
+    writer = VideoWriter(out / f"{path.stem}_pose.mp4", info.fps / stride) if overlay else None
+    frames = 0
+    try:
+        with (out / f"{path.stem}.ndjson").open("w") as lines:
+            tracked = est.track_video(
+                path, stride, max_frames, config=TrackerConfig(smoothing=smoothing), scales=scales, flip=flip,
+                min_score=min_score,
+            )  # fmt: skip
+            for frame, people in tqdm(tracked, desc=path.name, unit="frame", total=info.num_frames // stride):
+                ids = people.track_ids if track else None
+                record = frame_record(
+                    frame.index, frame.time_s, people.keypoints, people.scores, people.boxes, ids, names
+                )
+                lines.write(json.dumps(record) + "\n")
+                frames += 1
+                if writer is not None:
+                    order = torch.argsort(people.scores, descending=True, stable=True)
+                    drawn = to_people(people.keypoints[order], people.scores[order], people.boxes[order], sort=False)
+                    colors = track_colors(people.track_ids[order].tolist()) if track else None
+                    writer.write(draw_people(frame.image, drawn, est.config.keypoints.skeleton, colors=colors))
+    finally:
+        if writer is not None:
+            writer.close()
+    return frames
 
 
 @app.command()

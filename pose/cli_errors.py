@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 
 import typer
 
-from pose.errors import CheckpointError, ConfigError, ImageReadError, MissingCheckpointError
+from pose.errors import CheckpointError, ConfigError, ImageReadError, MissingCheckpointError, VideoReadError
 
 __all__ = ["USER_ERRORS", "WEIGHTS_HINT", "CommandLine", "UserError", "one_line_errors"]
 
@@ -20,7 +20,7 @@ class UserError(Exception):
     """A command's own complaint about its input, shown like the library's known errors."""
 
 
-USER_ERRORS = (UserError, CheckpointError, ConfigError, ImageReadError, FileNotFoundError)
+USER_ERRORS = (UserError, CheckpointError, ConfigError, ImageReadError, VideoReadError, FileNotFoundError)
 
 
 def _message(err: Exception) -> str:

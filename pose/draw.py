@@ -10,7 +10,7 @@ import numpy as np
 
 from pose.results import Person
 
-__all__ = ["draw_people", "encode_image"]
+__all__ = ["draw_people", "encode_image", "track_colors"]
 
 
 def _palette(n: int) -> list[tuple[int, int, int]]:
@@ -18,14 +18,25 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
     return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in colors]
 
 
+def track_colors(track_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """One colour per track id, the same in every frame (golden-ratio hues, so neighbouring ids differ)."""
+    colors = (colorsys.hsv_to_rgb((0.618034 * i) % 1.0, 0.8, 1.0) for i in track_ids)
+    return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in colors]
+
+
 def draw_people(
-    image: np.ndarray, people: Sequence[Person], skeleton: Sequence[tuple[int, int]], min_joint_score: float = 0.05
+    image: np.ndarray,
+    people: Sequence[Person],
+    skeleton: Sequence[tuple[int, int]],
+    min_joint_score: float = 0.05,
+    colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
-    """A copy of the HWC RGB ``image`` with every person's skeleton; joints below the score are hidden."""
+    """A copy of the HWC RGB ``image`` with every person's skeleton; joints below the score are hidden.
+    ``colors`` (one per person) keeps a tracked person's colour across video frames."""
     canvas = np.ascontiguousarray(image.copy())
     thickness = max(1, round(max(image.shape[:2]) / 400))
     limit = 4 * max(image.shape[:2])  # a diverged joint far outside the image is not drawn
-    for person, color in zip(people, _palette(len(people)), strict=True):
+    for person, color in zip(people, colors if colors is not None else _palette(len(people)), strict=True):
         pts = [
             (int(round(x)), int(round(y))) if s >= min_joint_score and abs(x) < limit and abs(y) < limit else None
             for x, y, s in person.keypoints

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "ImageReadError", "MissingCheckpointError"]
+__all__ = ["CheckpointError", "ConfigError", "ImageReadError", "MissingCheckpointError", "VideoReadError"]
 
 
 class CheckpointError(ValueError):
@@ -19,3 +19,7 @@ class ConfigError(ValueError):
 
 class ImageReadError(ValueError):
     """A file that is not an image OpenCV can decode."""
+
+
+class VideoReadError(ValueError):
+    """A file that is not a video FFmpeg can decode, or one damaged or truncated."""

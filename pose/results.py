@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Person", "coco_results", "to_people"]
+__all__ = ["Person", "coco_results", "frame_record", "to_people"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,34 @@ def coco_results(image_id: int, keypoints: Tensor, scores: Tensor) -> list[dict]
         {"image_id": image_id, "category_id": 1, "keypoints": k, "score": s}
         for k, s in zip(flat, scores.tolist(), strict=True)
     ]
+
+
+def frame_record(
+    frame: int,
+    time_s: float,
+    keypoints: Tensor,
+    scores: Tensor,
+    boxes: Tensor,
+    track_ids: Tensor | None,
+    names: list[str],
+) -> dict:
+    """One video frame's people, best first, as the service's NDJSON line writes them (``track_id`` null
+    when untracked), so a file the CLI writes reads like a stream the service sends."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    people = to_people(keypoints[order], scores[order], boxes[order], sort=False)
+    ids = track_ids[order].tolist() if track_ids is not None else [None] * len(people)
+    return {
+        "frame": frame,
+        "time_s": time_s,
+        "people": [
+            {
+                "keypoints": [
+                    {"name": n, "x": x, "y": y, "score": s} for n, (x, y, s) in zip(names, p.keypoints, strict=True)
+                ],
+                "score": p.score,
+                "bbox": list(p.box),
+                "track_id": i,
+            }
+            for p, i in zip(people, ids, strict=True)
+        ],
+    }

@@ -38,6 +38,7 @@ class ImageIntake:
         self.retry_after_s = retry_after_s  # a hint for refused clients: how long a batch takes now
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pose-decode")
         self.inflight_pixels = 0
+        self._freed = asyncio.Condition()  # notified whenever pixels go back to the budget
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` in the bounded pool (CPU work that must not hold up the event loop)."""
@@ -62,14 +63,20 @@ class ImageIntake:
             raise
 
     @asynccontextmanager
-    async def admit(self, payloads: Sequence[bytes]) -> AsyncIterator[list[np.ndarray]]:
-        """The decoded images, their pixels held in the in-flight budget until the block exits."""
-        headers = await self.run(self._headers, payloads)
-        pixels = sum(h.pixels for h in headers)
+    async def reserve(self, pixels: int, wait_s: float = 0.0) -> AsyncIterator[None]:
+        """Hold ``pixels`` of the in-flight budget for the block: 413 over the per-request budget; when the
+        shared budget is full, wait up to ``wait_s`` for it (a video's later frames queue rather than fail
+        mid-stream), then 429."""
         budget = self.settings.max_request_pixels
         if pixels > budget:
             raise ImageTooLargeError(f"the request's images hold {pixels} pixels; the limit per request is {budget}")
         limit = self.settings.max_inflight_pixels
+        if self.inflight_pixels + pixels > limit and wait_s > 0:
+            async with self._freed:
+                try:
+                    await asyncio.wait_for(self._freed.wait_for(lambda: self.inflight_pixels + pixels <= limit), wait_s)
+                except TimeoutError:
+                    pass
         if self.inflight_pixels + pixels > limit:
             raise BusyError(
                 f"{self.inflight_pixels} of {limit} pixels are being processed; this request needs {pixels}",
@@ -78,6 +85,18 @@ class ImageIntake:
         self.inflight_pixels += pixels
         self.metrics.inflight_pixels.set(self.inflight_pixels)
         try:
+            yield
+        finally:
+            self.inflight_pixels -= pixels
+            self.metrics.inflight_pixels.set(self.inflight_pixels)
+            async with self._freed:
+                self._freed.notify_all()
+
+    @asynccontextmanager
+    async def admit(self, payloads: Sequence[bytes]) -> AsyncIterator[list[np.ndarray]]:
+        """The decoded images, their pixels held in the in-flight budget until the block exits."""
+        headers = await self.run(self._headers, payloads)
+        async with self.reserve(sum(h.pixels for h in headers)):
             yield list(
                 await asyncio.gather(
                     *(
@@ -86,9 +105,6 @@ class ImageIntake:
                     )
                 )
             )
-        finally:
-            self.inflight_pixels -= pixels
-            self.metrics.inflight_pixels.set(self.inflight_pixels)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

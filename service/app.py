@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state = ServiceState(settings, Metrics())
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.config, state.backend, state.pipeline = await asyncio.to_thread(_load, settings)
         _record_runtime(state)
         if settings.warmup:
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.batcher.start()
         batcher = state.batcher
         state.intake = ImageIntake(settings, state.metrics, retry_after_s=lambda: batcher.last_batch_s)
+        app.state.video = VideoState(settings)
         state.ready = True
         log.info("ready: %s on %s (%s backend)", settings.model, settings.device, settings.backend)
         try:
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.ready = False
             await state.batcher.close(settings.drain_timeout_s)
             state.intake.close()
+            app.state.video.close()
 
     app = FastAPI(
         title="Pose estimation service",
@@ -126,8 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.demo import mount_demo
     from service.routes import health_router, models_router, pose_router
     from service.stream import stream_router
+    from service.video import VideoState, video_router
 
     app.include_router(pose_router)
+    app.include_router(video_router)
     app.include_router(stream_router)
     app.include_router(models_router)
     app.include_router(health_router)

@@ -40,6 +40,14 @@ class InvalidOptionError(ServiceError):
     status, code = 422, "invalid_request"
 
 
+class InvalidVideoError(ServiceError):
+    status, code = 400, "invalid_video"
+
+
+class NotFoundError(ServiceError):
+    status, code = 404, "not_found"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     status, code = 415, "unsupported_media_type"
 
@@ -50,6 +58,12 @@ class PayloadTooLargeError(ServiceError):
 
 class ImageTooLargeError(ServiceError):
     status, code = 413, "image_too_large"
+
+
+class VideoTooLargeError(ServiceError):
+    """Too long, too many frames or too many pixels a frame: refused from the headers, before decoding."""
+
+    status, code = 413, "video_too_large"
 
 
 class UnauthorizedError(ServiceError):

@@ -35,6 +35,8 @@ class Metrics:
         self.persons = Histogram(
             "pose_persons_per_image", "Poses returned per image", buckets=(0, 1, 2, 3, 5, 10, 20, 30), registry=r
         )
+        self.videos = Counter("pose_videos", "Videos accepted by POST /v1/pose/video", registry=r)
+        self.video_frames = Counter("pose_video_frames", "Video frames run and streamed back", registry=r)
         self.queue_depth = Gauge("pose_queue_depth", "Requests waiting for a batch", registry=r)
         self.inflight = Gauge("pose_inflight_requests", "Requests being handled", registry=r)
         self.inflight_pixels = Gauge(

@@ -10,20 +10,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pose.config import ModelConfig, check_scales
 from service.errors import InvalidOptionError
 from service.settings import Settings
 
-__all__ = ["MAX_SCALE", "PoseOptions", "ResolvedOptions", "RunOptions", "resolve_options"]
+__all__ = [
+    "MAX_SCALE",
+    "DecodeOptions",
+    "PoseOptions",
+    "ResolvedOptions",
+    "RunOptions",
+    "VideoOptions",
+    "resolve_options",
+]
 
 MAX_SCALE = 2.0  # a scale of s costs about s^2 times the network time of scale 1
 Scale = Annotated[float, Field(gt=0, le=MAX_SCALE)]
 
 
-class PoseOptions(BaseModel):
-    """Options of ``POST /v1/pose``; unset ones take the service's, then the model's default."""
+class DecodeOptions(BaseModel):
+    """What people are reported, shared by images and videos; unset ones take the service's, then the
+    model's default."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,13 +46,36 @@ class PoseOptions(BaseModel):
     scales: list[Scale] | None = Field(
         None, min_length=1, max_length=4, description="test scales, 1.0 among them (default: the model's)"
     )
-    overlay: bool = Field(False, description="return a skeleton overlay JPEG (base64)")
-    format: Literal["people", "coco"] = Field("people", description="'coco' adds COCO results entries")
 
     @field_validator("scales")
     @classmethod
     def _groupable(cls, v: list[float] | None) -> list[float] | None:
         return None if v is None else check_scales(v)
+
+
+class PoseOptions(DecodeOptions):
+    """Options of ``POST /v1/pose``."""
+
+    overlay: bool = Field(False, description="return a skeleton overlay JPEG (base64)")
+    format: Literal["people", "coco"] = Field("people", description="'coco' adds COCO results entries")
+
+
+class VideoOptions(DecodeOptions):
+    """Options of ``POST /v1/pose/video``."""
+
+    stride: int = Field(1, ge=1, le=1000, description="run every stride-th frame")
+    max_frames: int | None = Field(None, ge=1, description="stop after this many frames were run")
+    max_duration_s: float | None = Field(None, gt=0, description="stop at this many seconds into the video")
+    track: bool = Field(True, description="give each person a track_id that persists across frames")
+    match: Literal["oks", "iou"] = Field("oks", description="how tracks are matched: keypoint OKS or box IoU")
+    smoothing: bool = Field(False, description="One-Euro filter on tracked keypoints (off: the raw estimates)")
+    overlay: bool = Field(False, description="render an H.264 MP4 with skeletons; the summary line links it")
+
+    @model_validator(mode="after")
+    def _smoothing_needs_tracks(self) -> VideoOptions:
+        if self.smoothing and not self.track:
+            raise ValueError("smoothing follows tracks: it needs track=true")
+        return self
 
 
 @dataclass(frozen=True)
@@ -65,7 +97,7 @@ class ResolvedOptions:
     coco: bool
 
 
-def resolve_options(options: PoseOptions, settings: Settings, config: ModelConfig) -> ResolvedOptions:
+def resolve_options(options: DecodeOptions, settings: Settings, config: ModelConfig) -> ResolvedOptions:
     """Apply the defaults: the request's value, else the service's setting, else the model's config."""
     limit = config.decode.max_people
     if options.max_people is not None and options.max_people > limit:
@@ -81,6 +113,6 @@ def resolve_options(options: PoseOptions, settings: Settings, config: ModelConfi
         run=RunOptions(flip, tuple(sorted(scales, reverse=True))),
         score_threshold=threshold,
         max_people=options.max_people or limit,
-        overlay=options.overlay,
-        coco=options.format == "coco",
+        overlay=options.overlay if isinstance(options, PoseOptions) else False,
+        coco=isinstance(options, PoseOptions) and options.format == "coco",
     )

@@ -127,3 +127,39 @@ class ModelsResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["live", "ready", "not_ready"]
+
+
+class TrackedPerson(Person):
+    track_id: int | None = Field(description="the same id in every frame where this person is seen; null untracked")
+
+
+class VideoFrameResult(BaseModel):
+    """One NDJSON line of ``POST /v1/pose/video``: the people of one decoded frame."""
+
+    frame: int = Field(description="frame number in the video, counting every frame (also ones the stride skips)")
+    time_s: float = Field(description="presentation time from the start of the video")
+    people: list[TrackedPerson] = Field(description="best first")
+
+
+class OverlayInfo(BaseModel):
+    url: str = Field(description="GET it for the H.264 MP4 with skeletons drawn, coloured by track")
+    codec: str = Field(description="the encoder used: libx264 where FFmpeg has it, else mpeg4")
+    expires_s: float = Field(description="seconds it stays available")
+
+
+class VideoSummary(BaseModel):
+    frames: int = Field(description="frames run (after the stride and limits)")
+    tracks: int = Field(description="distinct track ids reported (0 with track=false)")
+    width: int = Field(description="frame width as displayed (after the container's rotation)")
+    height: int
+    fps: float
+    duration_s: float = Field(description="the whole video's duration from its header")
+    rotation: int = Field(description="display rotation applied to the stored frames, degrees counter-clockwise")
+    elapsed_s: float = Field(description="time from the request's arrival to this line")
+    overlay: OverlayInfo | None = Field(None, description="present with overlay=true")
+
+
+class VideoSummaryLine(BaseModel):
+    """The last NDJSON line of a video that was processed to its end (or to its limits)."""
+
+    summary: VideoSummary

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     max_streams: int = Field(32, ge=1, description="open WebSocket streams beyond this are refused (close code 4429)")
     api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer (streams: or ?token=)")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
+    video_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest video upload; more gets 413")
+    video_max_duration_s: float = Field(600.0, gt=0, description="longer videos get 413 (read from the header)")
+    video_max_frames: int = Field(18_000, ge=1, description="videos with more frames get 413 (before the stride)")
+    video_batch_frames: int = Field(8, ge=1, description="frames of one video submitted to the batcher together")
+    video_max_concurrent: int = Field(2, ge=1, description="videos decoded at once; more get 429")
+    video_overlay_ttl_s: float = Field(900.0, gt=0, description="rendered overlay videos are deleted after this")
+    video_overlay_max_files: int = Field(16, ge=1, description="overlay videos kept at once; the oldest go first")
     warmup: bool = True
     drain_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for queued requests")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")

@@ -74,13 +74,13 @@ def test_a_file_that_is_not_an_image_is_one_line(tmp_path: Path) -> None:
 def test_missing_input_and_empty_folder_are_one_line(tmp_path: Path) -> None:
     code, lines = run("predict", tmp_path / "nope.jpg")
     assert code == 2 and lines == [
-        f"Error: {tmp_path / 'nope.jpg'} does not exist; pass image files or folders of images"
+        f"Error: {tmp_path / 'nope.jpg'} does not exist; pass image or video files, or folders of them"
     ]
     code, lines = run("predict", tmp_path)
     assert (
         code == 2
         and len(lines) == 1
-        and lines[0].startswith("Error: no images (.bmp, .jpeg")
+        and lines[0].startswith("Error: no images or videos (.avi, .bmp, .jpeg")
         and str(tmp_path) in lines[0]
     )
 

@@ -1,14 +1,15 @@
 """Decode items to RGB pixels: image files, bucket objects and video frames, failures kept per item.
 
-Consecutive frames of one video are read in one pass (one seek, then ``grab`` over the frames a stride
-skips), which is why decoding works on runs of items rather than on one item at a time. The same code
-decodes in the local job's DataLoader workers and in the Ray actors, so both paths see the same pixels.
+Consecutive frames of one video are read in one pass (one seek, then decoding forward over the frames a
+stride skips, see :func:`pose.video.read_frames_at`), which is why decoding works on runs of items rather
+than on one item at a time. The same code decodes in the local job's DataLoader workers and in the Ray
+actors, so both paths see the same pixels.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from itertools import groupby
 from typing import NamedTuple
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pose.bulk.inputs import VIDEO_SUFFIXES, Item, is_uri, local_path
+from pose.bulk.inputs import Item, is_uri, local_path
+from pose.video import VIDEO_SUFFIXES, read_frames_at
 
 __all__ = ["Chunk", "ChunkDataset", "read_items"]
 
@@ -41,33 +43,6 @@ def _read_image(path: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _read_frames(path: str, frames: list[int]) -> Iterator[np.ndarray | str]:
-    """Frames of one video: a seek, then reading forward (frames a stride skips are grabbed, not decoded
-    to pixels); a frame behind the current position seeks again."""
-    local = local_path(path)
-    capture = cv2.VideoCapture(local) if local is not None else None
-    try:
-        if capture is None or not capture.isOpened():
-            yield from ["cannot open the video"] * len(frames)
-            return
-        position = -1
-        for frame in frames:
-            if frame < position or position < 0:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
-                position = frame
-            while position < frame and capture.grab():
-                position += 1
-            ok, image = capture.read() if position == frame else (False, None)
-            if ok and image is not None:
-                position += 1
-                yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-            else:
-                yield f"cannot decode frame {frame}"
-    finally:
-        if capture is not None:
-            capture.release()
-
-
 def _suffix_is_video(path: str) -> bool:
     return any(path.lower().endswith(s) for s in VIDEO_SUFFIXES)
 
@@ -77,7 +52,9 @@ def read_items(items: Sequence[Item]) -> list[np.ndarray | str]:
     out: list[np.ndarray | str] = []
     for (path, is_frame), run in groupby(items, key=lambda it: (it.path, it.frame is not None)):
         if is_frame:
-            out += _read_frames(path, [it.frame for it in run if it.frame is not None])
+            local = local_path(path)
+            wanted = [it.frame for it in run if it.frame is not None]
+            out += read_frames_at(local, wanted) if local is not None else ["cannot open the video"] * len(wanted)
             continue
         for _ in run:
             if _suffix_is_video(path):

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
+from pose.errors import VideoReadError
+from pose.video import VIDEO_SUFFIXES, probe
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv", ".parquet"})
 _GLOB_CHARS = frozenset("*?[")
 
@@ -127,11 +127,10 @@ def _frame_count(path: str) -> int | None:
     local = local_path(path)
     if local is None:
         raise InputError(f"{path}: videos are read from local or mounted paths only")
-    capture = cv2.VideoCapture(local)
     try:
-        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else None
-    finally:
-        capture.release()
+        return probe(local).num_frames
+    except (VideoReadError, FileNotFoundError):
+        return None
 
 
 def _media(files: Iterable[str], stride: int) -> list[tuple[str, int | None]]:
