@@ -2,7 +2,7 @@
 
 One connection is one stream with its own tracker, so track ids mean one person for the connection's life.
 
-- Connect to ``/v1/stream?flip=&score_threshold=&max_people=&smoothing=``. With an API key configured,
+- Connect to ``/v1/stream?flip=&scales=&score_threshold=&max_people=&match=&smoothing=``. With an API key configured,
   send it as ``X-API-Key`` or ``Authorization: Bearer``, or as ``?token=`` from a browser, which cannot
   set headers on a WebSocket.
 - The server first sends ``ready`` (model, keypoint names, skeleton, resolved options). The client then
@@ -48,8 +48,8 @@ from service.errors import (
     TooManyStreamsError,
 )
 from service.frames import Frame, FrameQueue
-from service.options import PoseOptions, ResolvedOptions, resolve_options
-from service.stream_schemas import StreamControl, StreamError, StreamOptions, StreamPoses, StreamReady, TrackedPerson
+from service.options import ResolvedOptions, StreamOptions, resolve_options
+from service.stream_schemas import StreamControl, StreamError, StreamPoses, StreamReady, TrackedPerson
 
 __all__ = ["CLOSE_CODE_BASE", "close_code", "stream_router"]
 
@@ -105,18 +105,18 @@ class Stream:
             raise NotReadyError("the model is not loaded yet")
         if service.streams >= settings.max_streams:
             raise TooManyStreamsError(f"{service.streams} streams are open; the limit is {settings.max_streams}")
-        params = {k: v for k, v in websocket.query_params.items() if k != "token"}
+        query = websocket.query_params
+        params = {k: query.getlist(k) if k == "scales" else query[k] for k in query if k != "token"}
         try:
             options = StreamOptions.model_validate(params)
         except ValidationError as err:
             raise InvalidOptionError(
                 "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             ) from None
-        pose_options = PoseOptions(
-            flip=options.flip, score_threshold=options.score_threshold, max_people=options.max_people
+        resolved = resolve_options(options, settings, service.config)
+        tracker = PoseTracker(
+            TrackerConfig(match=options.match, smoothing=options.smoothing), sigmas=service.config.keypoints.sigmas
         )
-        resolved = resolve_options(pose_options, settings, service.config)
-        tracker = PoseTracker(TrackerConfig(smoothing=options.smoothing), sigmas=service.config.keypoints.sigmas)
         return cls(service, resolved, options.smoothing, tracker, time.perf_counter())
 
     def ready(self) -> StreamReady:
@@ -128,6 +128,7 @@ class Stream:
             keypoints=config.keypoints.names,
             skeleton=config.keypoints.skeleton,
             flip=self.options.run.flip,
+            scales=list(self.options.run.scales),
             score_threshold=self.options.score_threshold,
             max_people=self.options.max_people,
             smoothing=self.smoothing,

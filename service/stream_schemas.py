@@ -1,4 +1,4 @@
-"""Messages of the ``/v1/stream`` WebSocket (JSON text frames), and the options it takes as query parameters."""
+"""Messages of the ``/v1/stream`` WebSocket (JSON text frames; its options are in :mod:`service.options`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StreamControl", "StreamError", "StreamOptions", "StreamPoses", "StreamReady", "TrackedPerson"]
-
-
-class StreamOptions(BaseModel):
-    """Query parameters of ``/v1/stream``; they hold for the whole stream (reconnect to change them)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    flip: bool | None = Field(None, description="flip test (default: the service's, then the model's)")
-    score_threshold: float | None = Field(None, ge=0, description="drop poses scoring below this")
-    max_people: int | None = Field(None, ge=1, description="at most this many poses per frame, best first")
-    smoothing: bool = Field(False, description="One-Euro smoothing of each track's keypoints")
+__all__ = ["StreamControl", "StreamError", "StreamPoses", "StreamReady", "TrackedPerson"]
 
 
 class StreamControl(BaseModel):
@@ -37,6 +26,7 @@ class StreamReady(BaseModel):
     keypoints: list[str]
     skeleton: list[tuple[int, int]]
     flip: bool
+    scales: list[float]
     score_threshold: float
     max_people: int
     smoothing: bool

@@ -87,6 +87,7 @@ def test_every_frame_gets_its_poses_in_order_with_stable_track_ids(client: TestC
         ready = ws.receive_json()
         assert ready["type"] == "ready" and ready["model"] == "synthetic_w16_256"
         assert len(ready["keypoints"]) == 17 and ready["skeleton"] and ready["flip"] is False
+        assert ready["scales"] == [1.0]
         messages = []
         for i, frame in enumerate(jpegs(6)):
             ws.send_text(json.dumps({"time": 1000.0 + i}))
@@ -165,8 +166,10 @@ def test_invalid_options_close_the_stream_with_4422_naming_the_option(client: Te
     negative = closed_with(client, "/v1/stream?score_threshold=-1")
     unknown = closed_with(client, "/v1/stream?flipp=true")
     too_many = closed_with(client, "/v1/stream?max_people=100000")
-    assert negative.code == unknown.code == too_many.code == 4422
+    big_scale = closed_with(client, "/v1/stream?scales=1&scales=3")
+    assert negative.code == unknown.code == too_many.code == big_scale.code == 4422
     assert "score_threshold" in negative.reason and "flipp" in unknown.reason and "max_people" in too_many.reason
+    assert "scales" in big_scale.reason
 
 
 @needs_model
