@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     stream_max_frame_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest JPEG frame a stream accepts (larger ones get an error message)"
     )
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, description="a stream that sends nothing for this long is closed (code 4408)"
+    )
     max_streams: int = Field(32, ge=1, description="open WebSocket streams beyond this are refused (close code 4429)")
     api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer (streams: or ?token=)")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")

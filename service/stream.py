@@ -11,7 +11,8 @@ One connection is one stream with its own tracker, so track ids mean one person 
   ``poses`` or ``error`` message, in order.
 - A problem with the whole connection closes it with code 4000 + the HTTP status the same problem gets
   over REST, the message as reason: 4401 key, 4422 options, 4429 too many streams, 4400 a text message
-  that is not ``{"time": t}``, 4503 not ready or shutting down. A bad frame only gets an ``error`` message.
+  that is not ``{"time": t}``, 4408 nothing sent for ``POSE_STREAM_IDLE_TIMEOUT_S``, 4503 not ready or
+  shutting down. A bad frame only gets an ``error`` message.
 
 Two tasks per connection. The reader takes messages off the socket as they arrive into a
 :class:`~service.frames.FrameQueue` of ``POSE_STREAM_QUEUE_FRAMES``; the answerer takes frames one at a time
@@ -37,6 +38,7 @@ from pose.tracking import PoseTracker, TrackerConfig
 from service.deps import ServiceState, check_api_key
 from service.errors import (
     BusyError,
+    IdleStreamError,
     InvalidOptionError,
     InvalidRequestError,
     NotReadyError,
@@ -185,10 +187,15 @@ class Stream:
 
 async def _read(websocket: WebSocket, queue: FrameQueue, stream: Stream) -> None:
     """Take every message off the socket as it arrives, so a slow model never stalls the connection."""
-    metrics, limit = stream.service.metrics, stream.service.settings.stream_max_frame_bytes
+    settings, metrics = stream.service.settings, stream.service.metrics
+    limit, idle_s = settings.stream_max_frame_bytes, settings.stream_idle_timeout_s
     seq, client_time = 0, None
     while True:
-        message = await websocket.receive()
+        try:
+            message = await asyncio.wait_for(websocket.receive(), idle_s)
+        except TimeoutError:
+            queue.close(IdleStreamError(f"no message for {idle_s:g} s"))
+            return
         if message["type"] == "websocket.disconnect":
             queue.close()
             return

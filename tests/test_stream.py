@@ -207,3 +207,11 @@ def test_a_draining_service_closes_open_streams_with_4503_and_refuses_new_ones()
         refused = closed_with(c, "/v1/stream")
     assert info.value.code == 4503 and "shutting down" in info.value.reason
     assert refused.code == 4503
+
+
+@needs_model
+def test_a_stream_that_sends_nothing_is_closed_with_4408() -> None:
+    with app_client(stream_idle_timeout_s=0.5) as c:
+        idle = closed_with(c, "/v1/stream")
+        assert "pose_streams_open 0.0" in c.get("/metrics").text
+    assert idle.code == 4408 and "0.5 s" in idle.reason
