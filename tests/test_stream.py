@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Iterator
 
 import cv2
@@ -16,6 +18,7 @@ from pose.config import DEFAULT_MODEL
 from pose.data.clip import panning_clip
 from service.app import create_app
 from service.frames import Frame, FrameQueue
+from service.logs import request_id_var
 from service.settings import Settings
 
 needs_model = pytest.mark.skipif(
@@ -215,3 +218,28 @@ def test_a_stream_that_sends_nothing_is_closed_with_4408() -> None:
         idle = closed_with(c, "/v1/stream")
         assert "pose_streams_open 0.0" in c.get("/metrics").text
     assert idle.code == 4408 and "0.5 s" in idle.reason
+
+
+@needs_model
+def test_a_streams_log_lines_carry_the_clients_request_id(client: TestClient) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Grab(logging.Filter):  # runs where the line is logged, in the stream's context
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append((record.getMessage(), request_id_var.get()))
+            return True
+
+    logger = logging.getLogger("pose.stream")
+    grab, level = Grab(), logger.level
+    logger.addFilter(grab)
+    logger.setLevel(logging.INFO)
+    try:
+        with client.websocket_connect("/v1/stream", headers={"x-request-id": "camera-7"}) as ws:
+            ws.receive_json()
+        deadline = time.monotonic() + 5  # the server logs the close a moment after the client left
+        while not any("stream closed" in m for m, _ in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        logger.removeFilter(grab)
+        logger.setLevel(level)
+    assert [rid for m, rid in seen if "stream closed" in m] == ["camera-7"]
