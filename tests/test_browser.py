@@ -181,6 +181,13 @@ def test_an_uploaded_image_gets_its_skeletons_drawn(browser: Any, server: str, m
     assert_skeletons_drawn(browser, (480, 360))
     assert browser.execute_script("return window.poseDemo.errors") == []
     browser.save_screenshot(str(tmp_path / "image.png"))
+    # The threshold toggle asks again: at 1.0 no pose is left, and the skeletons are gone.
+    browser.execute_script(
+        "const t = document.getElementById('threshold'); t.value = 1; t.dispatchEvent(new Event('change'))"
+    )
+    wait_for(browser, "return window.poseDemo.answered >= 2")
+    assert browser.execute_script("return window.poseDemo.people") == 0
+    assert browser.execute_script(OVERLAY_PAINT)["painted"] == 0
 
 
 @pytest.mark.slow
@@ -195,6 +202,13 @@ def test_an_uploaded_video_streams_with_track_ids(browser: Any, server: str, med
     assert people and all(isinstance(p["track_id"], int) for p in people)
     assert_skeletons_drawn(browser, (480, 360))
     browser.save_screenshot(str(tmp_path / "video.png"))
+    # Toggling smoothing reconnects with it, and the answers go on.
+    assert "smoothing=false" in browser.execute_script("return window.poseDemo.streamUrl")
+    answered = browser.execute_script("return window.poseDemo.answered")
+    browser.find_element(By.ID, "smoothing").click()
+    wait_for(browser, f"return window.poseDemo.answered >= {answered + 3}")
+    assert "smoothing=true" in browser.execute_script("return window.poseDemo.streamUrl")
+    assert browser.execute_script("return window.poseDemo.errors") == []
     browser.find_element(By.ID, "stop").click()
     assert browser.execute_script("return window.poseDemo.mode") == "idle"
 

@@ -11,7 +11,7 @@ const MAX_IN_FLIGHT = 2; // frames sent and not yet answered or reported dropped
 const base = new URL(".", location.href); // the page's folder, so the demo also works behind a path prefix
 
 // What the page did, for the browser test (and the curious, in the console).
-const demo = { mode: "idle", answered: 0, people: 0, dropped: 0, errors: [], skeleton: null, lastPeople: [] };
+const demo = { mode: "idle", answered: 0, people: 0, dropped: 0, errors: [], skeleton: null, lastPeople: [], streamUrl: null };
 window.poseDemo = demo;
 
 const frameCanvas = $("frame");
@@ -161,10 +161,13 @@ function connect() {
   for (const [name, value] of Object.entries(options())) url.searchParams.set(name, value);
   if ($("key").value) url.searchParams.set("token", $("key").value); // browsers cannot set WebSocket headers
   const socket = new WebSocket(url);
+  demo.streamUrl = url.pathname + url.search;
   inFlight = 0;
   nextSeq = 0;
   clearSent(Infinity);
-  socket.onmessage = (event) => onAnswer(JSON.parse(event.data));
+  socket.onmessage = (event) => {
+    if (ws === socket) onAnswer(JSON.parse(event.data)); // a replaced connection's late answers are stale
+  };
   socket.onclose = (event) => {
     if (ws !== socket) return;
     ws = null;
