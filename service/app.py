@@ -127,13 +127,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestMiddleware, metrics=state.metrics)
 
+    from service.demo import mount_demo
     from service.routes import health_router, models_router, pose_router
+    from service.stream import stream_router
     from service.video import VideoState, video_router
 
     app.include_router(pose_router)
     app.include_router(video_router)
+    app.include_router(stream_router)
     app.include_router(models_router)
     app.include_router(health_router)
+    mount_demo(app)
 
     return app
 

@@ -35,6 +35,7 @@ class ServiceState:
     batcher: DynamicBatcher | None = None
     intake: ImageIntake | None = None
     runtime: RuntimeInfo | None = None  # what the backend runs, refreshed after each batch on CUDA
+    streams: int = 0  # WebSocket streams open
     ready: bool = False
 
 
@@ -96,10 +97,14 @@ def require_api_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
     """When an API key is configured, accept it as ``X-API-Key`` or ``Authorization: Bearer``."""
+    check_api_key(settings, api_key or (bearer.credentials if bearer is not None else None))
+
+
+def check_api_key(settings: Settings, given: str | None) -> None:
+    """Raise :class:`UnauthorizedError` unless no key is configured or ``given`` is it (constant-time)."""
     expected = settings.api_key
     if expected is None:
         return
-    given = api_key or (bearer.credentials if bearer is not None else None)
     if not given or not secrets.compare_digest(given.encode(), expected.encode()):
         raise UnauthorizedError("missing or wrong API key")
 

@@ -80,6 +80,16 @@ class BusyError(ServiceError):
     status, code = 429, "busy"
 
 
+class IdleStreamError(ServiceError):
+    """A stream that sent nothing for ``POSE_STREAM_IDLE_TIMEOUT_S``: its slot goes to someone else."""
+
+    status, code = 408, "idle_timeout"
+
+
+class TooManyStreamsError(ServiceError):
+    status, code = 429, "too_many_streams"
+
+
 class ClientDisconnectedError(ServiceError):
     status, code = 499, "client_closed_request"  # nginx's convention: nobody reads it, the metrics label does
 

@@ -42,6 +42,19 @@ class Metrics:
         self.inflight_pixels = Gauge(
             "pose_inflight_pixels", "Decoded pixels admitted and not yet answered (the in-flight budget)", registry=r
         )
+        self.streams_open = Gauge("pose_streams_open", "WebSocket pose streams open now", registry=r)
+        self.stream_frames = Counter(
+            "pose_stream_frames",
+            "Stream frames by outcome: received, answered, dropped (overload) or failed (bad frame)",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_frame_seconds = Histogram(
+            "pose_stream_frame_latency_seconds",
+            "Stream frame received to its poses sent (frames that were dropped are not observed)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.gpu_memory = Gauge("pose_gpu_memory_bytes", "CUDA memory allocated by the model's process", registry=r)
         self.backend_info = Gauge(
             "pose_backend_info",

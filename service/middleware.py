@@ -48,6 +48,8 @@ class RequestMiddleware:
         self.pose_path = pose_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # a stream's log lines and error messages carry its id
+            request_id_var.set(_request_id(scope))
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -22,6 +22,7 @@ __all__ = [
     "PoseOptions",
     "ResolvedOptions",
     "RunOptions",
+    "StreamOptions",
     "VideoOptions",
     "resolve_options",
 ]
@@ -76,6 +77,13 @@ class VideoOptions(DecodeOptions):
         if self.smoothing and not self.track:
             raise ValueError("smoothing follows tracks: it needs track=true")
         return self
+
+
+class StreamOptions(DecodeOptions):
+    """Query parameters of ``WS /v1/stream``; they hold for the connection (reconnect to change them)."""
+
+    match: Literal["oks", "iou"] = Field("oks", description="how tracks are matched: keypoint OKS or box IoU")
+    smoothing: bool = Field(False, description="One-Euro filter on tracked keypoints (off: the raw estimates)")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,21 @@ class Settings(BaseSettings):
     score_threshold: float | None = Field(
         None, ge=0, description="poses scoring below this are dropped (None: the model's test.score_threshold)"
     )
-    api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer")
+    stream_queue_frames: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="frames a stream may hold waiting for the model, besides the one it computes; beyond it the "
+        "oldest is dropped (1: always the newest frame next, the lowest latency)",
+    )
+    stream_max_frame_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest JPEG frame a stream accepts (larger ones get an error message)"
+    )
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, description="a stream that sends nothing for this long is closed (code 4408)"
+    )
+    max_streams: int = Field(32, ge=1, description="open WebSocket streams beyond this are refused (close code 4429)")
+    api_key: str | None = Field(None, description="when set, requests need X-API-Key or Bearer (streams: or ?token=)")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted secret)")
     video_max_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest video upload; more gets 413")
     video_max_duration_s: float = Field(600.0, gt=0, description="longer videos get 413 (read from the header)")
