@@ -13,10 +13,13 @@ import subprocess
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
 from pose.config import DEFAULT_MODEL
+from pose.data.synthetic_video import VideoSceneConfig, render_video
+from pose.video import VideoWriter
 
 from .conftest import ROOT, checkout_env
 
@@ -29,7 +32,13 @@ needs_default_weights = pytest.mark.skipif(
 SET_UP = ("pip install",)
 
 # Cheap: run here, as written, in an empty folder holding only people.jpg (a JPEG over 96 KB).
-RUN = ("pose synth out/", "pose predict out/", "pose batch out/", "python -c 'import base64, json")
+RUN = (
+    "pose synth out/",
+    "pose predict out/",
+    "pose batch out/",
+    "pose predict clip.mp4",
+    "python -c 'import base64, json",
+)
 
 # Run against a live service (the README's port swapped for a free one), in the same folder.
 SERVED = ("curl ",)
@@ -84,10 +93,15 @@ COMMANDS = shell_commands((ROOT / "README.md").read_text())
 
 
 def _readme_folder(tmp_path: Path) -> Path:
-    """An empty folder but for people.jpg, a JPEG too big to pass base64-encoded as one shell argument."""
+    """An empty folder but for people.jpg, a JPEG too big to pass base64-encoded as one shell argument, and
+    clip.mp4, a short clip of drawn figures walking."""
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
     assert cv2.imwrite(str(tmp_path / "people.jpg"), noise, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert (tmp_path / "people.jpg").stat().st_size > 96_000
+    clip = render_video(0, VideoSceneConfig(num_frames=8))
+    with VideoWriter(tmp_path / "clip.mp4", clip.fps) as writer:
+        for frame in clip.frames:
+            writer.write(frame)
     return tmp_path
 
 
@@ -134,6 +148,8 @@ def test_cheap_readme_commands_run_as_written(tmp_path: Path) -> None:
     for command in (c for c in COMMANDS if classify(c) == "run"):
         _run(command, folder)
     assert len(list((folder / "out").glob("*_pose.jpg"))) == 8
+    assert len((folder / "out" / "clip.ndjson").read_text().splitlines()) >= 8
+    assert (folder / "out" / "clip_pose.mp4").stat().st_size > 0
     assert json.loads((folder / "out" / "predictions.json").read_text())
     bulk = json.loads((folder / "out" / "bulk" / "predictions.json").read_text())
     assert sorted(map(json.dumps, bulk)) == sorted(
@@ -154,8 +170,15 @@ def test_readme_service_commands_run_as_written_against_the_service(tmp_path: Pa
         for command in (c for c in COMMANDS if classify(c) == "served"):
             assert "localhost:8000" in command, command
             out = _run(command.replace("localhost:8000", url.removeprefix("http://")), folder)
-            body = json.loads(out)
-            assert len(body["results"]) == 1 and "people" in body["results"][0], (command, out[:300])
+            if "/v1/pose/video" in command:  # NDJSON: a line per kept frame (stride 2), then the summary
+                *frames, summary = map(json.loads, out.splitlines())
+                assert [f["frame"] for f in frames] == [0, 2, 4, 6], (command, out[:300])
+                assert all("people" in f for f in frames), out[:300]
+                overlay = httpx.get(url + summary["summary"]["overlay"]["url"], timeout=60)
+                assert overlay.status_code == 200 and overlay.content[4:8] == b"ftyp", summary  # an MP4
+            else:
+                body = json.loads(out)
+                assert len(body["results"]) == 1 and "people" in body["results"][0], (command, out[:300])
     finally:
         proc.terminate()
         proc.wait(timeout=60)
