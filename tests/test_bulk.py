@@ -121,6 +121,9 @@ def test_bulk_outputs_agree_and_cover_every_item_once(bulk_local_run: Path, bulk
     ]
     frames = table.filter(pa.compute.is_valid(table["frame"]))
     assert set(frames["frame"].to_pylist()) <= set(range(0, CLIP_FRAMES, STRIDE))
+    assert all(t is not None and t >= 1 for t in frames["track_id"].to_pylist())  # video rows are tracked
+    images = table.filter(pa.compute.is_null(table["frame"]))
+    assert images["track_id"].null_count == images.num_rows
     lines = (bulk_local_run / "poses.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == table.to_pylist()
     coco = json.loads((bulk_local_run / "predictions.json").read_text())
@@ -168,3 +171,28 @@ def test_a_job_killed_mid_run_resumes_to_the_uninterrupted_output(
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"({len(done)} already done)" in rerun.stdout
     assert output_files(out) == output_files(bulk_local_run)
+
+
+def test_video_rows_carry_the_track_ids_of_est_track_video(tmp_path: Path) -> None:
+    # Ten frames of figures walking, in shards of three: the ids are assigned across shard borders, after
+    # every shard is done, and equal those of tracking the video in one pass.
+    from pose.api import PoseEstimator
+    from pose.data.synthetic_video import VideoSceneConfig, render_video
+    from pose.video import VideoWriter
+
+    clip = render_video(1, VideoSceneConfig(num_frames=10))
+    video = tmp_path / "walk.mp4"
+    with VideoWriter(video, clip.fps) as writer:
+        for frame in clip.frames:
+            writer.write(frame)
+    out = tmp_path / "out"
+    run_batch([str(video)], out, options=BulkOptions(batch_size=4, shard_size=3, progress=False))
+    table = pq.read_table(out / "poses")
+    est = PoseEstimator.from_repo(ROOT / "model_repo" / "synthetic_w16_256")
+    expected = {frame.index: tracked.track_ids.tolist() for frame, tracked in est.track_video(video)}
+    got = {f: table.filter(pa.compute.equal(table["frame"], f))["track_id"].to_pylist() for f in expected}
+    assert got == expected
+    assert len({t for ids in expected.values() for t in ids}) >= 2
+    before = output_files(out)  # a finished job: the pass rewrites nothing
+    run_batch([str(video)], out, options=BulkOptions(batch_size=4, shard_size=3, progress=False))
+    assert output_files(out) == before

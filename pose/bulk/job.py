@@ -14,13 +14,15 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pose.bulk.inputs import InputError, Item, collect_items
 from pose.bulk.store import ShardStore
+from pose.bulk.tracks import assign_track_ids
 from pose.config import DEFAULT_MODEL, ModelConfig, check_scales, load_model_config
+from pose.tracking import TrackerConfig
 
 __all__ = ["BulkOptions", "BulkSummary", "ModelSpec", "RayOptions", "run_batch"]
 
@@ -128,6 +130,7 @@ def _job_record(
         "shard_size": options.shard_size,
         "overlay": options.overlay,
         "min_score": options.score_threshold(config),
+        "tracking": asdict(TrackerConfig()),  # video rows' track ids
     }
     record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return record
@@ -171,6 +174,7 @@ def run_batch(
         from pose.bulk.local import run_local
 
         run_local(store, pending, spec, options)
+    assign_track_ids(store, items, options.shard_size, sigmas=config.keypoints.sigmas)
     seconds = time.perf_counter() - start
     store.finalize()
     summaries = store.done.values()

@@ -124,6 +124,25 @@ class ShardStore:
         self._done[shard] = ShardSummary(images, people.num_rows, errors.num_rows, _sha256(poses_file, errors_file))
         self._write_manifest()
 
+    def read_people(self, shard: int) -> pa.Table:
+        """A committed shard's person rows."""
+        return pq.read_table(self._files(shard)[0]).cast(self.schema)
+
+    def replace_people(self, shard: int, people: pa.Table) -> None:
+        """Rewrite a committed shard's person rows (same rows, new values) and its manifest checksum.
+
+        Killed between the two steps, the shard no longer matches the manifest and is run again on resume.
+        """
+        summary = self._done[shard]
+        if people.num_rows != summary.people:
+            raise ValueError(f"shard {shard} has {summary.people} person rows, not {people.num_rows}")
+        poses_file, errors_file = self._files(shard)
+        _replace(poses_file, lambda tmp: pq.write_table(people.cast(self.schema), tmp, compression="zstd"))
+        self._done[shard] = ShardSummary(
+            summary.images, summary.people, summary.errors, _sha256(poses_file, errors_file)
+        )
+        self._write_manifest()
+
     def _write_manifest(self) -> None:
         shards = {str(k): vars(v) for k, v in sorted(self._done.items())}
         _write_json(self.out / "manifest.json", {"version": MANIFEST_VERSION, "shards": shards})
