@@ -12,19 +12,20 @@ from fastapi.testclient import TestClient
 
 import service.admission
 import service.bodies
+from pose.config import DEFAULT_MODEL
 from service.app import create_app
 from service.settings import Settings
 
-from .conftest import FIXTURES, PARITY
+from .scenes import embedded_weights_present
 from .test_service import png
 
-pytestmark = pytest.mark.skipif(not (PARITY / "coco" / "ckpt.pth").is_file(), reason="needs ../shared (tiny model)")
+pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     settings = Settings(
-        model=FIXTURES / "tiny_coco_w8_256.yaml",
+        model=DEFAULT_MODEL,
         warmup=False,
         max_request_pixels=2_000,
         max_inflight_pixels=4_000,

@@ -22,11 +22,12 @@ from export.artifacts import record_onnx
 from export.custom_op import AdaptiveConvReference
 from export.onnx_export import export_onnx
 from pose.api import PoseEstimator
-from pose.config import OnnxArtifact, load_model_config, recorded_onnx
+from pose.config import DEFAULT_MODEL, OnnxArtifact, load_model_config, recorded_onnx
 from pose.models.hrnet import create_model
 from service.backends import OnnxRuntimeBackend
 
-from .conftest import DATA, FIXTURES, PARITY, ROOT
+from .conftest import ROOT
+from .scenes import embedded_weights_present, scene_jpeg
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
@@ -39,16 +40,12 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """``pose-export onnx`` run as a user runs it on a model_repo folder for the tiny parity model."""
-    if not (PARITY / "coco" / "ckpt.pth").is_file():
-        pytest.skip("needs ../shared/parity")
-    folder = tmp_path_factory.mktemp("repo") / "tiny"
-    folder.mkdir()
-    data = yaml.safe_load((FIXTURES / "tiny_coco_w8_256.yaml").read_text())
-    data["weights"] = str(PARITY / "coco" / "ckpt.pth")
-    data["rescore_weights"] = str(PARITY / "coco" / "rescore.pth")
-    (folder / "config.yaml").write_text("# tiny test model\n" + yaml.safe_dump(data, sort_keys=False))
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """``pose-export onnx`` run as a user runs it on a model_repo folder: a copy of the embedded model's."""
+    if not embedded_weights_present():
+        pytest.skip("the embedded model's weights are absent")
+    folder = tmp_path_factory.mktemp("repo") / "synthetic"
+    shutil.copytree(DEFAULT_MODEL, folder, ignore=shutil.ignore_patterns("*.onnx", "onnx.json", "*.plan"))
     before = (folder / "config.yaml").read_bytes()
     command = [sys.executable, "-m", "export.cli", "onnx", "--model", str(folder), "--size", "128x192"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -57,12 +54,19 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tiny_export: Exported) -> Path:
-    """A model_repo folder for the tiny parity model, with its portable and plugin graphs exported."""
-    return tiny_export.folder
+def exported_repo(exported: Exported) -> Path:
+    """A model_repo folder for the embedded model, with its portable and plugin graphs exported."""
+    return exported.folder
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A drawn scene the embedded model finds people in, as a JPEG file."""
+    path = tmp_path_factory.mktemp("scene") / "scene.jpg"
+    path.write_bytes(scene_jpeg())
+    return path
+
+
 def test_portable_w32_in_onnxruntime_equals_torch_at_two_sizes() -> None:
     torch.manual_seed(0)
     model = create_model(load_model_config(ROOT / "model_repo" / "hrnet_w32_coco_512")).eval()
@@ -83,11 +87,11 @@ def test_portable_w32_in_onnxruntime_equals_torch_at_two_sizes() -> None:
         path.unlink(missing_ok=True)
 
 
-def test_export_records_both_variants_beside_them_and_leaves_config_yaml_untouched(tiny_export: Exported) -> None:
-    assert (tiny_export.folder / "config.yaml").read_bytes() == tiny_export.config_before
-    written = sorted(p.name for p in (tiny_export.folder / "1").iterdir())
-    assert written == ["model.onnx", "model_plugin.onnx", "onnx.json"]
-    cfg = load_model_config(tiny_export.folder)
+def test_export_records_both_variants_beside_them_and_leaves_config_yaml_untouched(exported: Exported) -> None:
+    assert (exported.folder / "config.yaml").read_bytes() == exported.config_before
+    written = sorted(p.name for p in (exported.folder / "1").iterdir())
+    assert written == ["model.onnx", "model.pth", "model_plugin.onnx", "onnx.json", "rescore.pth"]
+    cfg = load_model_config(exported.folder)
     assert [(a.variant, a.path) for a in cfg.onnx] == [("portable", "1/model.onnx"), ("plugin", "1/model_plugin.onnx")]
     for artifact in cfg.onnx:
         assert artifact.opset == 20
@@ -98,10 +102,10 @@ def test_export_records_both_variants_beside_them_and_leaves_config_yaml_untouch
         }
 
 
-def test_export_prints_only_its_result_lines(tiny_export: Exported) -> None:
+def test_export_prints_only_its_result_lines(exported: Exported) -> None:
     # No exporter chatter (training-mode warning, torchvision registration, deprecations): one line per graph.
-    lines = tiny_export.output.splitlines()
-    assert len(lines) == 2, tiny_export.output
+    lines = exported.output.splitlines()
+    assert len(lines) == 2, exported.output
     assert re.fullmatch(r"portable: .*/1/model\.onnx \(\d+\.\d MB\)", lines[0])
     assert re.fullmatch(r"plugin: .*/1/model_plugin\.onnx \(\d+\.\d MB\)", lines[1])
 
@@ -115,11 +119,11 @@ def test_a_second_export_replaces_its_variant_in_the_record(tmp_path: Path) -> N
     assert [(a.variant, a.opset) for a in recorded_onnx(tmp_path / "1")] == [("plugin", 20), ("portable", 21)]
 
 
-def test_portable_tiny_matches_torch_on_a_real_photo(tiny_repo: Path) -> None:
-    est = PoseEstimator.from_config(tiny_repo)
+def test_portable_graph_matches_torch_on_a_scene(exported_repo: Path, scene_file: Path) -> None:
+    est = PoseEstimator.from_config(exported_repo)
     cfg = est.config
     network = OnnxRuntimeBackend(cfg.resolve(cfg.onnx[0].path), 17)
-    image = est.read_image(DATA / "coco_sample" / "mmpose" / "000000000785.jpg")
+    image = est.read_image(scene_file)
     from pose.preprocess import image_to_tensor, plan_transform, resize_image
 
     x = image_to_tensor(resize_image(image, plan_transform(image.shape[1], image.shape[0], 256)), cfg.input)
@@ -131,8 +135,8 @@ def test_portable_tiny_matches_torch_on_a_real_photo(tiny_repo: Path) -> None:
     torch.testing.assert_close(got.offsets, want.offsets, atol=3e-4, rtol=0)
 
 
-def test_plugin_graph_has_one_node_per_adaptive_conv_and_evaluates_like_torch(tiny_repo: Path) -> None:
-    cfg = load_model_config(tiny_repo)
+def test_plugin_graph_has_one_node_per_adaptive_conv_and_evaluates_like_torch(exported_repo: Path) -> None:
+    cfg = load_model_config(exported_repo)
     plugin = next(a for a in cfg.onnx if a.variant == "plugin")
     proto = onnx.load(str(cfg.resolve(plugin.path)))
     nodes = [n for n in proto.graph.node if n.domain == "pose"]
@@ -140,7 +144,7 @@ def test_plugin_graph_has_one_node_per_adaptive_conv_and_evaluates_like_torch(ti
     dilations = sorted(next(a.i for a in n.attribute if a.name == "dilation") for n in nodes)
     assert dilations == [1, 1, 1, 1, 2, 2, 3, 3]
     assert not any(n.op_type == "GridSample" for n in proto.graph.node)
-    est = PoseEstimator.from_config(tiny_repo)
+    est = PoseEstimator.from_config(exported_repo)
     x = torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(0))
     heat, off = ReferenceEvaluator(proto, new_ops=[AdaptiveConvReference]).run(None, {"image": x.numpy()})
     with torch.no_grad():
@@ -149,17 +153,17 @@ def test_plugin_graph_has_one_node_per_adaptive_conv_and_evaluates_like_torch(ti
     np.testing.assert_allclose(off, want.offsets.numpy(), atol=3e-4)
 
 
-def test_service_runs_on_the_onnxruntime_backend(tiny_repo: Path) -> None:
+def test_service_runs_on_the_onnxruntime_backend(exported_repo: Path, scene_file: Path) -> None:
     from service.app import create_app
     from service.settings import Settings
 
-    photo = DATA / "coco_sample" / "mmpose" / "000000000785.jpg"
-    with TestClient(create_app(Settings(model=tiny_repo, backend="onnx", warmup=False))) as client:
+    photo = scene_file
+    with TestClient(create_app(Settings(model=exported_repo, backend="onnx", warmup=False))) as client:
         assert client.get("/v1/models").json()["models"][0]["backend"] == "onnx"
         r = client.post("/v1/pose", content=photo.read_bytes(), headers={"content-type": "image/jpeg"})
         assert r.status_code == 200, r.text
         onnx_people = r.json()["results"][0]["people"]
-    with TestClient(create_app(Settings(model=tiny_repo, warmup=False))) as client:
+    with TestClient(create_app(Settings(model=exported_repo, warmup=False))) as client:
         torch_people = client.post(
             "/v1/pose", content=photo.read_bytes(), headers={"content-type": "image/jpeg"}
         ).json()
@@ -168,14 +172,16 @@ def test_service_runs_on_the_onnxruntime_backend(tiny_repo: Path) -> None:
     assert abs(onnx_people[0]["score"] - torch_people[0]["score"]) < 1e-3
 
 
-def test_verify_command_reports_differences_and_pose_agreement(tiny_repo: Path, tmp_path: Path) -> None:
+def test_verify_command_reports_differences_and_pose_agreement(
+    exported_repo: Path, scene_file: Path, tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from export.cli import app
 
     out = tmp_path / "verify.json"
-    photo = DATA / "coco_sample" / "mmpose" / "000000196141.jpg"
-    result = CliRunner().invoke(app, ["verify", "--model", str(tiny_repo), str(photo), "--json", str(out)])
+    photo = scene_file
+    result = CliRunner().invoke(app, ["verify", "--model", str(exported_repo), str(photo), "--json", str(out)])
     assert result.exit_code == 0, result.output
     (row,) = yaml.safe_load(out.read_text())
     assert row["name"] == "onnxruntime" and row["heatmaps_max"] < 1e-4 and row["offsets_max"] < 3e-4
