@@ -28,7 +28,7 @@ from service.errors import ClientDisconnectedError, RequestTimeoutError
 from service.imaging import SUPPORTED_TYPES
 from service.options import PoseOptions, RunOptions, resolve_options
 from service.responses import build_response
-from service.schemas import Health, ModelInfo, ModelsResponse, PoseRequest, PoseResponse, inline_json_schema
+from service.schemas import Health, ModelInfo, ModelsResponse, PoseRequest, PoseResponse, upload_body
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
@@ -47,24 +47,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
 # The route reads the body itself (four encodings, a size cap while streaming), so it declares the body here.
-POSE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            **{t: _BINARY for t in SUPPORTED_TYPES},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                    "required": ["image"],
-                }
-            },
-            "application/json": {"schema": inline_json_schema(PoseRequest)},
-        },
-    }
-}
+POSE_BODY = upload_body(SUPPORTED_TYPES, "image", PoseRequest)
 
 pose_router = APIRouter(prefix="/v1", tags=["pose"])
 models_router = APIRouter(prefix="/v1", tags=["models"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,6 +66,21 @@ class PoseRequest(PoseOptions):
     """JSON variant: one or several base64 images plus the options (which override query parameters)."""
 
     images: list[JsonImage] = Field(min_length=1)
+
+
+def upload_body(media_types: Iterable[str], field: str, json_body: type[BaseModel] | None = None) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its body itself: raw bytes of ``media_types``, a
+    multipart form with the file in ``field``, and optionally a JSON body of ``json_body``."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content: dict[str, Any] = {
+        **{t: binary for t in media_types},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {field: binary["schema"]}, "required": [field]}
+        },
+    }
+    if json_body is not None:
+        content["application/json"] = {"schema": inline_json_schema(json_body)}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from service.schemas import (
     VideoSummary,
     VideoSummaryLine,
     inline_json_schema,
+    upload_body,
 )
 from service.settings import Settings
 
@@ -429,21 +430,7 @@ def _describe(err: Exception, frames: int) -> tuple[str, str]:
 
 # ---- routes --------------------------------------------------------------------------------------------
 
-_VIDEO_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            **{t: {"schema": {"type": "string", "format": "binary"}} for t in VIDEO_TYPES},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-        },
-    }
-}
+_VIDEO_BODY = upload_body(VIDEO_TYPES, "file")
 _NDJSON_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "One JSON object per line: a VideoFrameResult per frame, then a VideoSummaryLine; an "

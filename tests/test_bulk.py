@@ -178,13 +178,8 @@ def test_video_rows_carry_the_track_ids_of_est_track_video(tmp_path: Path) -> No
     # every shard is done, and equal those of tracking the video in one pass.
     from pose.api import PoseEstimator
     from pose.data.synthetic_video import VideoSceneConfig, render_video
-    from pose.video import VideoWriter
 
-    clip = render_video(1, VideoSceneConfig(num_frames=10))
-    video = tmp_path / "walk.mp4"
-    with VideoWriter(video, clip.fps) as writer:
-        for frame in clip.frames:
-            writer.write(frame)
+    video = render_video(1, VideoSceneConfig(num_frames=10)).save(tmp_path / "walk.mp4")
     out = tmp_path / "out"
     run_batch([str(video)], out, options=BulkOptions(batch_size=4, shard_size=3, progress=False))
     table = pq.read_table(out / "poses")

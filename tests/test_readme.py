@@ -19,7 +19,6 @@ import pytest
 
 from pose.config import DEFAULT_MODEL
 from pose.data.synthetic_video import VideoSceneConfig, render_video
-from pose.video import VideoWriter
 
 from .conftest import ROOT, checkout_env
 
@@ -98,10 +97,7 @@ def _readme_folder(tmp_path: Path) -> Path:
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
     assert cv2.imwrite(str(tmp_path / "people.jpg"), noise, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert (tmp_path / "people.jpg").stat().st_size > 96_000
-    clip = render_video(0, VideoSceneConfig(num_frames=8))
-    with VideoWriter(tmp_path / "clip.mp4", clip.fps) as writer:
-        for frame in clip.frames:
-            writer.write(frame)
+    render_video(0, VideoSceneConfig(num_frames=8)).save(tmp_path / "clip.mp4")
     return tmp_path
 
 

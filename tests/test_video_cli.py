@@ -12,7 +12,7 @@ from pose.api import PoseEstimator
 from pose.cli import app as cli
 from pose.config import DEFAULT_MODEL
 from pose.data.synthetic_video import VideoSceneConfig, render_video
-from pose.video import VideoWriter, probe
+from pose.video import probe
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
@@ -21,12 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    video = render_video(0, VideoSceneConfig(num_frames=6))
-    path = tmp_path_factory.mktemp("cli") / "walk.mp4"
-    with VideoWriter(path, video.fps) as writer:
-        for frame in video.frames:
-            writer.write(frame)
-    return path
+    return render_video(0, VideoSceneConfig(num_frames=6)).save(tmp_path_factory.mktemp("cli") / "walk.mp4")
 
 
 def test_predict_writes_frame_lines_with_the_ids_the_api_gives(clip: Path, tmp_path: Path) -> None:

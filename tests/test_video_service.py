@@ -28,12 +28,7 @@ FAST = {"flip": "false"}  # half the network time on CPU; the options path is th
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight frames of a default scene (two people walking towards each other), as H.264 MP4."""
-    video = render_video(0, VideoSceneConfig(num_frames=8))
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    with VideoWriter(path, video.fps) as writer:
-        for frame in video.frames:
-            writer.write(frame)
-    return path
+    return render_video(0, VideoSceneConfig(num_frames=8)).save(tmp_path_factory.mktemp("video") / "clip.mp4")
 
 
 @pytest.fixture(scope="module")

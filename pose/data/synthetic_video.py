@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -72,6 +73,15 @@ class SyntheticVideo:
     times: np.ndarray  # (T,) seconds
     truth: list[FrameTruth]
     fps: float
+
+    def save(self, path: str | Path) -> Path:
+        """Write the clip as an MP4 (H.264 where FFmpeg has it, see :class:`pose.video.VideoWriter`)."""
+        from pose.video import VideoWriter
+
+        with VideoWriter(path, self.fps) as writer:
+            for frame in self.frames:
+                writer.write(frame)
+        return Path(path)
 
 
 @dataclass
