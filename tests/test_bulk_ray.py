@@ -6,12 +6,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pose.bulk import BulkOptions, RayOptions, run_batch
+from pose.data.synthetic import SceneConfig, render_scene
 
 from .bulk_data import ITEMS, OPTIONS, SHARD_SIZE, output_files
 from .conftest import ROOT
@@ -57,6 +59,25 @@ def test_ray_job_with_a_pool_of_actors_equals_the_local_job(
     for name in ("errors.jsonl", "errors/part-00002.parquet"):
         assert (out / name).read_bytes() == (bulk_local_run / name).read_bytes()
     assert len(list((out / "overlays").iterdir())) == ITEMS - 1
+
+
+@pytest.mark.slow
+def test_a_few_hundred_images_on_ray_equal_the_local_job(local_ray: None, tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for i in range(240):
+        image = render_scene(np.random.default_rng([7, i]), SceneConfig(size=(128, 128), people=(1, 3)))[0]
+        cv2.imwrite(str(folder / f"{i:06d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    options = BulkOptions(batch_size=16, shard_size=64, flip=False, progress=False)
+    local = run_batch([str(folder)], tmp_path / "local", options=options)
+    on_ray = run_batch([str(folder)], tmp_path / "ray", options=options, ray=RayOptions(actors=2, cpus_per_actor=1))
+    assert local.images == on_ray.images == 240 and local.errors == on_ray.errors == 0
+    got, want = pq.read_table(tmp_path / "ray" / "poses"), pq.read_table(tmp_path / "local" / "poses")
+    assert got.num_rows == want.num_rows > 240
+    exact = ["item", "image_id", "path", "frame", "width", "height", "person", "track_id"]
+    assert got.select(exact) == want.select(exact)
+    for column in ("keypoints", "bbox", "score"):
+        np.testing.assert_allclose(_values(got, column), _values(want, column), rtol=1e-5, atol=1e-4)
 
 
 def _values(table: pa.Table, column: str) -> np.ndarray:
