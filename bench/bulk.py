@@ -122,7 +122,7 @@ def _write_table(path: Path, table: str) -> None:
 @app.command()
 def main(
     out: Annotated[Path, typer.Option(help="JSON report")] = ROOT / "bench" / "results" / "bulk_cpu.json",
-    images: Annotated[int, typer.Option(min=1, help="synthetic 256x256 scenes")] = 64,
+    images: Annotated[int, typer.Option(min=1, help="synthetic 256x256 scenes")] = 2000,
     rounds: Annotated[int, typer.Option(min=1, help="repetitions of every configuration")] = 2,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     workers: Annotated[list[int] | None, typer.Option(help="DataLoader workers to sweep")] = None,
