@@ -147,5 +147,6 @@ def start_drain(app: FastAPI) -> None:
     (the lifespan's shutdown then finds it done, so the drain is counted once)."""
     state: ServiceState = app.state.service
     state.ready = False
+    state.shutting_down = True
     if state.batcher is not None:
         state.batcher.drain(state.settings.drain_timeout_s)

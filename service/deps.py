@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pose.config import ModelConfig
 from service.admission import ImageIntake
 from service.batcher import DynamicBatcher
-from service.errors import NotReadyError, UnauthorizedError
+from service.errors import NotReadyError, ShuttingDownError, UnauthorizedError
 from service.metrics import Metrics
 from service.schemas import RuntimeInfo
 from service.settings import Settings
@@ -37,6 +37,14 @@ class ServiceState:
     runtime: RuntimeInfo | None = None  # what the backend runs, refreshed after each batch on CUDA
     streams: int = 0  # WebSocket streams open
     ready: bool = False
+    shutting_down: bool = False  # SIGTERM came: new work is refused as such, not as "not loaded yet"
+
+    def check_ready(self) -> None:
+        """Raises the 503 a request gets when the service cannot take it now, naming why."""
+        if self.shutting_down:
+            raise ShuttingDownError("the service is shutting down; send the request again")
+        if not self.ready:
+            raise NotReadyError("the model is not loaded yet")
 
 
 def get_service(request: Request) -> ServiceState:
@@ -67,13 +75,15 @@ def get_runtime(service: ServiceDep) -> RuntimeInfo:
 
 
 def get_batcher(service: ServiceDep) -> DynamicBatcher:
-    if not service.ready or service.batcher is None:
+    service.check_ready()
+    if service.batcher is None:
         raise NotReadyError("the model is not loaded yet")
     return service.batcher
 
 
 def get_intake(service: ServiceDep) -> ImageIntake:
-    if not service.ready or service.intake is None:
+    service.check_ready()
+    if service.intake is None:
         raise NotReadyError("the model is not loaded yet")
     return service.intake
 

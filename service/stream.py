@@ -103,7 +103,8 @@ class Stream:
         """Check the key, readiness, the stream limit and the options, in that order."""
         settings = service.settings
         check_api_key(settings, _given_key(websocket))
-        if not service.ready or service.config is None:
+        service.check_ready()
+        if service.config is None:
             raise NotReadyError("the model is not loaded yet")
         if service.streams >= settings.max_streams:
             raise TooManyStreamsError(f"{service.streams} streams are open; the limit is {settings.max_streams}")

@@ -288,6 +288,20 @@ def test_readiness_flips_only_after_warm_up() -> None:
     assert asyncio.run(run()) == (503, 503, 200)
 
 
+def test_after_sigterm_new_requests_get_a_503_that_says_the_service_is_shutting_down() -> None:
+    from service.app import start_drain
+
+    async def drain() -> None:
+        start_drain(c.app)  # type: ignore[arg-type]
+
+    with TestClient(create_app(settings(warmup=False))) as c:
+        assert c.portal is not None
+        c.portal.call(drain)
+        r = c.post("/v1/pose", content=scene_jpeg(), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
+        assert c.get("/health/ready").status_code == 503 and c.get("/health/live").status_code == 200
+
+
 def test_full_queue_returns_429_with_retry_after() -> None:
     data = scene_jpeg()
     with TestClient(create_app(settings(queue_limit=1, max_batch_size=1, max_queue_delay_ms=0, warmup=False))) as c:
