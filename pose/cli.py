@@ -377,6 +377,9 @@ def synth(
     max_people: Annotated[int, typer.Option(min=1, help="most people per image")] = 6,
     min_height: Annotated[float, typer.Option(min=0.01, help="smallest standing height / image height")] = 0.25,
     occluder_prob: Annotated[float, typer.Option(min=0, max=1, help="chance of occluding shapes per image")] = 0.35,
+    negatives: Annotated[
+        int, typer.Option(min=0, help="extra images with nobody in them (plain, gradient, noise, clutter, tiny)")
+    ] = 0,
 ) -> None:
     """Write a synthetic COCO keypoint dataset of drawn figures, for CPU training runs and tests."""
     from pose.data.synthetic import SceneConfig, write_dataset
@@ -386,8 +389,9 @@ def synth(
     config = SceneConfig(
         size=(size, size), people=(min_people, max_people), height=(min_height, 0.9), occluder_prob=occluder_prob
     )
-    path = write_dataset(out_dir, images, seed, config, progress=images > 1)
-    typer.echo(f"{_count(images, 'image')} -> {out_dir / 'images'}, annotations -> {path}")
+    path = write_dataset(out_dir, images, seed, config, progress=images > 1, negatives=negatives)
+    empty = f" and {_count(negatives, 'image')} with nobody" if negatives else ""
+    typer.echo(f"{_count(images, 'image')}{empty} -> {out_dir / 'images'}, annotations -> {path}")
 
 
 @app.command("train-rescore")

@@ -381,6 +381,22 @@ def test_images_without_annotations_are_skipped(tmp_path: Path) -> None:
     assert len(ds) == 1 and ds.image_ids == [2]
 
 
+def test_kept_images_without_people_train_as_background_with_a_finite_loss(tmp_path: Path) -> None:
+    ann_path, folder = write_dataset(tmp_path, [np.zeros((S, S, 3), np.uint8)] * 2, [[], []])
+    ds = KeypointDataset(ann_path, folder, make_config(), train=False, bg_weight=0.1, keep_empty=True)
+    assert len(ds) == 2 and ds.image_ids == [1, 2]
+    batch = next(iter(DataLoader(ds, batch_size=2, num_workers=0)))
+    assert not batch["heatmaps"].any() and not batch["offset_weight"].any()
+    assert torch.allclose(batch["heatmap_weight"], torch.full((2, 1, R, R), 0.1))
+    loss = PoseLoss()
+    heatmaps, offsets = torch.full((2, 18, R, R), 0.5), torch.ones(2, 34, R, R)
+    total, heat, off = loss(
+        heatmaps, offsets, batch["heatmaps"], batch["heatmap_weight"], batch["offsets"], batch["offset_weight"]
+    )
+    assert off.item() == 0.0  # no person, no offset supervision (and no division by zero)
+    assert heat.item() == pytest.approx(0.1 * 0.25) and total.item() == pytest.approx(heat.item())
+
+
 def test_missing_image_error_names_the_file(tmp_path: Path) -> None:
     ann_path, folder = write_dataset(tmp_path, [noise_image(S, S)], [[scaled_person_a(1)]])
     (folder / "000000000001.png").unlink()

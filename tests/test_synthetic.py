@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from faster_coco_eval.core import mask as mask_utils
 
 from pose.config import load_model_config
-from pose.data.synthetic import KEYPOINT_NAMES, SKELETON, SceneConfig, render_scene, write_dataset
+from pose.data.synthetic import KEYPOINT_NAMES, SKELETON, SceneConfig, render_empty, render_scene, write_dataset
 
 from .conftest import ROOT
 
@@ -138,3 +139,45 @@ def test_synth_command_writes_images_and_annotations(tmp_path: Path) -> None:
     assert [im["file_name"] for im in data["images"]] == ["000000.jpg", "000001.jpg"]
     assert all((im["height"], im["width"]) == (96, 96) for im in data["images"])
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.jpg", "000001.jpg"]
+
+
+def test_negatives_follow_the_scenes_without_annotations_and_leave_the_scenes_unchanged(tmp_path: Path) -> None:
+    plain = write_dataset(tmp_path / "plain", 3, seed=7, config=SMALL)
+    mixed = write_dataset(tmp_path / "mixed", 3, seed=7, config=SMALL, negatives=4)
+    before, after = json.loads(plain.read_text()), json.loads(mixed.read_text())
+    assert after["annotations"] == before["annotations"]
+    assert after["images"][:3] == before["images"]
+    assert [im["file_name"] for im in after["images"][3:]] == [f"{i:06d}.png" for i in range(3, 7)]
+    for name in ("000000.jpg", "000002.jpg"):
+        assert (mixed.parent / "images" / name).read_bytes() == (plain.parent / "images" / name).read_bytes()
+    for entry in after["images"][3:]:
+        image = cv2.imread(str(mixed.parent / "images" / entry["file_name"]))
+        assert image.shape[:2] == (entry["height"], entry["width"])
+
+
+def test_negatives_cover_black_white_flat_textured_and_tiny_images() -> None:
+    h, w = SMALL.size
+    images = [render_empty(np.random.default_rng([5, i, 1]), SMALL) for i in range(300)]
+    flat = [im for im in images if im.shape[:2] == (h, w) and (im == im[0, 0]).all()]
+    assert any(im.max() == 0 for im in flat) and any(im.min() == 255 for im in flat)
+    assert len({int(im[0, 0, 0]) for im in flat}) > 20  # grey levels and colours across the range
+    assert sum(im.std() > 40 for im in images) > 20  # noise, clutter, gradients
+    # A 1-4 px image as inference warps it: blocks of colour that end in the canvas's black border.
+    tiny = [im for im in images if im.shape[:2] != (h, w) or ((im[:, -1] == 0).all() and im[0, 0].any())]
+    assert len(tiny) > 10
+    assert all(min(im.shape[:2]) == min(h, w) for im in images)
+
+
+def test_synth_command_adds_negatives(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pose.cli import app
+
+    out = tmp_path / "synth"
+    args = ["synth", str(out), "--images", "2", "--negatives", "2", "--seed", "1", "--size", "96"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 images and 2 images with nobody" in result.output
+    data = json.loads((out / "annotations.json").read_text())
+    assert [im["file_name"] for im in data["images"]] == ["000000.jpg", "000001.jpg", "000002.png", "000003.png"]
+    assert {a["image_id"] for a in data["annotations"]} <= {0, 1}

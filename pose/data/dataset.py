@@ -131,8 +131,9 @@ def person_joints(
 class KeypointDataset(Dataset[dict[str, Tensor]]):
     """Keypoint JSON (COCO or CrowdPose layout) plus an image folder, yielding network inputs and targets.
 
-    Images with at least one annotation are used, in the JSON's order. The dataset flavour (loss
-    masking, small-person center rule) follows ``config.keypoints.dataset``.
+    Images with at least one annotation are used, in the JSON's order (the authors' rule); with
+    ``keep_empty`` images without annotations too. The dataset flavour (loss masking, small-person
+    center rule) follows ``config.keypoints.dataset``.
 
     Args:
         annotations: the keypoint JSON (``images``, ``annotations``).
@@ -146,6 +147,9 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
             authors' rule for the flavour (32^2 for COCO, none for CrowdPose). Exactly labelled data with
             small people (synthetic scenes) should use 0, or its small people are never detected.
         bg_weight_2x: background weight of the HigherHRNet 2x head's target (authors: 0.025).
+        keep_empty: also train on images nobody is annotated in (negatives): their heatmap targets are
+            zero everywhere at the background weight and they supervise no offsets, which teaches a
+            model that plain, dark or cluttered images hold no one.
 
     Each item is a dict of tensors:
         ``image`` Tensor[3, S, S] float32, RGB normalized with the config's mean/std;
@@ -179,6 +183,7 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         ranges: AugmentRanges | None = None,
         min_center_area: float | None = None,
         bg_weight_2x: float = 0.025,
+        keep_empty: bool = False,
     ) -> None:
         if seed is not None and seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
@@ -207,8 +212,8 @@ class KeypointDataset(Dataset[dict[str, Tensor]]):
         by_image: dict[int, list[dict[str, Any]]] = {}
         for ann in data.get("annotations", []):
             by_image.setdefault(ann["image_id"], []).append(ann)
-        self._infos = [info for info in data.get("images", []) if by_image.get(info["id"])]
-        self._anns = [by_image[info["id"]] for info in self._infos]
+        self._infos = [info for info in data.get("images", []) if keep_empty or by_image.get(info["id"])]
+        self._anns = [by_image.get(info["id"], []) for info in self._infos]
         self.image_ids: list[int] = [int(info["id"]) for info in self._infos]
 
     def __len__(self) -> int:

@@ -18,6 +18,11 @@ OKS evaluation counts a detection of them neither as a false positive nor as a m
 loader masks them out of the loss instead of teaching that a half-hidden figure is background. People
 who end up entirely hidden are dropped.
 
+Negatives (:func:`render_empty`) are images with nobody in them: uniform colours from pure black to pure
+white, gradients, noise, clutter-only backgrounds and images of a few pixels. A model trained on scenes
+alone has never seen a large dark or featureless region and may draw figures into it; negatives teach
+that such an image holds no one. They are COCO ``images`` entries without annotations.
+
 Letters: K keypoints (17), N people, H/W image size.
 """
 
@@ -34,12 +39,22 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pose.preprocess import plan_transform, resize_image
+
 try:
     from faster_coco_eval.core import mask as mask_utils
 except ImportError:  # pragma: no cover - either library has the same RLE codec
     from pycocotools import mask as mask_utils
 
-__all__ = ["KEYPOINT_NAMES", "PERSON_CATEGORY", "SKELETON", "SceneConfig", "render_scene", "write_dataset"]
+__all__ = [
+    "KEYPOINT_NAMES",
+    "PERSON_CATEGORY",
+    "SKELETON",
+    "SceneConfig",
+    "render_empty",
+    "render_scene",
+    "write_dataset",
+]
 
 KEYPOINT_NAMES = (
     "nose",
@@ -507,26 +522,90 @@ def render_scene(rng: np.random.Generator, config: SceneConfig) -> tuple[np.ndar
     return image, people
 
 
+def _uniform_color(rng: np.random.Generator) -> np.ndarray:
+    """A flat colour over the full range: pure black or white, a grey level, or any colour; dark ones often."""
+    kind = rng.choice(4, p=[0.3, 0.2, 0.2, 0.3])
+    if kind == 0:
+        return np.full(3, 255.0 * rng.integers(2))  # pure black or white
+    if kind == 1:
+        return np.full(3, rng.uniform(0, 32))  # near black, where a scene-only model sees figures
+    if kind == 2:
+        return np.full(3, rng.uniform(0, 255))
+    return rng.uniform(0, 255, 3)
+
+
+def render_empty(rng: np.random.Generator, config: SceneConfig) -> np.ndarray:
+    """An (H, W, 3) BGR uint8 image with nobody in it (a negative).
+
+    A tiny image (1-4 px a side) comes already warped onto the network input as inference warps it
+    (:func:`pose.preprocess.resize_image`): a few blocks of colour on the canvas's black border. Stored
+    tiny, training's own warp would leave that border outside the loss mask, unsupervised.
+    """
+    h, w = config.size
+    kind = rng.choice(5, p=[0.35, 0.15, 0.15, 0.2, 0.15])
+    if kind == 0:  # uniform
+        image = np.broadcast_to(_uniform_color(rng), (h, w, 3)).astype(np.float32)
+    elif kind == 1:  # gradient between two colours, either may be black or white
+        t = math.radians(rng.uniform(0, 360))
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = x * math.cos(t) + y * math.sin(t)
+        ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min() + 1e-6)
+        c0, c1 = _uniform_color(rng), _uniform_color(rng)
+        image = (c0 + ramp[..., None] * (c1 - c0)).astype(np.float32)
+    elif kind == 2:  # noise: per pixel, around a colour or over the whole range
+        if rng.random() < 0.5:
+            image = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+        else:
+            image = _uniform_color(rng) + rng.normal(0, rng.uniform(5, 60), (h, w, 3)).astype(np.float32)
+    elif kind == 3:  # the scenes' backgrounds and clutter, without the people
+        return _background(rng, h, w, (max(config.clutter[0], 1), config.clutter[1]))
+    else:  # tiny: uniform or random pixels
+        th, tw = (int(v) for v in rng.integers(1, 5, 2))
+        if rng.random() < 0.6:
+            tiny = np.broadcast_to(_uniform_color(rng), (th, tw, 3))
+        else:
+            tiny = rng.uniform(0, 255, (th, tw, 3))
+        tiny = np.round(tiny).astype(np.uint8)
+        return resize_image(tiny, plan_transform(tw, th, min(h, w)))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 def write_dataset(
-    out_dir: Path, num_images: int, seed: int, config: SceneConfig | None = None, progress: bool = False
+    out_dir: Path,
+    num_images: int,
+    seed: int,
+    config: SceneConfig | None = None,
+    progress: bool = False,
+    negatives: int = 0,
 ) -> Path:
     """Render ``out_dir/images/000000.jpg``... and ``out_dir/annotations.json`` (COCO keypoints); returns the latter.
 
     Image ``i`` is drawn from its own generator seeded with ``(seed, i)``, so the same seed gives the same
     bytes and a longer run extends a shorter one. Image ids are the file numbers, as ``pose predict`` reads them.
+    ``negatives`` images with nobody in them (:func:`render_empty`) follow the ``num_images`` scenes, each
+    seeded with ``(seed, i, 1)``: adding them leaves the scenes as they were. They are written as PNG, so
+    a flat colour stays flat.
     """
+    if num_images < 0 or negatives < 0:
+        raise ValueError(f"image counts must not be negative, got {num_images} scenes and {negatives} negatives")
     config = config or SceneConfig()
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    h, w = config.size
     images: list[dict] = []
     annotations: list[dict] = []
-    for index in tqdm(range(num_images), desc="synth", unit="img", disable=not progress):
-        image, people = render_scene(np.random.default_rng([seed, index]), config)
-        name = f"{index:06d}.jpg"
-        if not cv2.imwrite(str(out_dir / "images" / name), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+    total = num_images + negatives
+    for index in tqdm(range(total), desc="synth", unit="img", disable=not progress):
+        people: list[dict] = []
+        if index < num_images:
+            image, people = render_scene(np.random.default_rng([seed, index]), config)
+            name = f"{index:06d}.jpg"
+            params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+        else:
+            image = render_empty(np.random.default_rng([seed, index, 1]), config)
+            name, params = f"{index:06d}.png", []
+        if not cv2.imwrite(str(out_dir / "images" / name), image, params):
             raise OSError(f"cannot write {out_dir / 'images' / name}")
-        images.append({"id": index, "file_name": name, "height": h, "width": w})
+        images.append({"id": index, "file_name": name, "height": image.shape[0], "width": image.shape[1]})
         for person in people:
             flat = [round(float(v), 2) if i % 3 < 2 else int(v) for i, v in enumerate(person["keypoints"].ravel())]
             annotations.append(
@@ -543,7 +622,7 @@ def write_dataset(
                 }
             )
     data = {
-        "info": {"description": "pose.data.synthetic", "seed": seed, "config": asdict(config)},
+        "info": {"description": "pose.data.synthetic", "seed": seed, "negatives": negatives, "config": asdict(config)},
         "images": images,
         "annotations": annotations,
         "categories": [PERSON_CATEGORY],

@@ -46,7 +46,12 @@ class TrainConfig(BaseModel):
     )
     heatmap_factor: float = 1.0
     offset_factor: float = 0.01
-    init_weights: Path | None = Field(None, description="pretrained backbone, matched by name and shape")
+    init_weights: Path | None = Field(
+        None, description="weights to start from, matched by name and shape (a pretrained backbone, or a whole model)"
+    )
+    keep_empty_images: bool = Field(
+        False, description="also train on images without annotations (negatives); the authors drop them"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

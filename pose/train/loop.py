@@ -106,6 +106,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, resume: bool, progres
         seed=cfg.seed,
         bg_weight=cfg.bg_weight,
         min_center_area=cfg.min_center_area,
+        keep_empty=cfg.keep_empty_images,
     )
     shuffle = torch.Generator()  # reseeded every epoch, so a resumed run sees the same order
     sampler: DistributedSampler[int] | None = (
