@@ -11,34 +11,17 @@ job killed anywhere, even halfway through this pass, ends with the same ids when
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pose.bulk.inputs import Item, is_uri
+from pose.bulk.inputs import Item
 from pose.bulk.store import ShardStore
 from pose.tracking import PoseTracker, TrackedPoses, TrackerConfig
 
 __all__ = ["assign_track_ids"]
-
-
-def _fps(path: str) -> float:
-    """The video's frame rate, for frame times in seconds; 1 (times in frames) where it cannot be probed.
-
-    Only One-Euro smoothing depends on the time unit, and bulk output is raw: matching, motion prediction
-    and patience give the same ids either way.
-    """
-    if is_uri(path) or not Path(path).is_file():
-        return 1.0
-    from pose.video import VideoReadError, probe
-
-    try:
-        return probe(path).fps
-    except VideoReadError:
-        return 1.0
 
 
 def _frame_poses(rows: pa.Table, k: int) -> TrackedPoses:
@@ -58,8 +41,12 @@ def _frame_poses(rows: pa.Table, k: int) -> TrackedPoses:
 def _video_track_ids(
     people: pa.Table, frames: Sequence[Item], config: TrackerConfig | None, sigmas: Sequence[float] | None, k: int
 ) -> dict[tuple[int, int], int]:
-    """``(item, person) -> track id`` for one video's kept frames (``frames`` in frame order)."""
-    fps = _fps(frames[0].path)
+    """``(item, person) -> track id`` for one video's kept frames (``frames`` in frame order).
+
+    Frame times are frame numbers, not seconds: matching, motion prediction and patience give the same
+    ids in any time unit (only One-Euro smoothing depends on it, and bulk output is raw), and the frame
+    rate would cost another pass over the file.
+    """
     tracker = PoseTracker(config, sigmas)
     by_item = people.filter(pc.is_in(people["item"], pa.array([f.index for f in frames], pa.int64())))
     by_item = by_item.sort_by([("item", "ascending"), ("person", "ascending")])
@@ -68,7 +55,7 @@ def _video_track_ids(
     for frame in frames:  # frames with nobody (or unreadable) still count towards a track's patience
         start, stop = np.searchsorted(items, frame.index, "left"), np.searchsorted(items, frame.index, "right")
         rows = by_item.slice(start, stop - start)
-        tracked = tracker.update(_frame_poses(rows, k), frame.frame / fps if frame.frame is not None else 0.0)
+        tracked = tracker.update(_frame_poses(rows, k), float(frame.frame or 0))
         persons = rows.column("person").to_pylist()
         ids.update({(frame.index, p): int(t) for p, t in zip(persons, tracked.track_ids.tolist(), strict=True)})
     return ids
@@ -93,15 +80,15 @@ def assign_track_ids(
     if not videos:
         return 0
     shards = sorted({item.index // shard_size for frames in videos.values() for item in frames})
-    people = pa.concat_tables([store.read_people(s) for s in shards])
+    tables = {shard: store.read_people(shard) for shard in shards}
+    people = pa.concat_tables(tables.values())
     ids: dict[tuple[int, int], int] = {}
     for frames in videos.values():
         ids.update(
             _video_track_ids(people, sorted(frames, key=lambda f: f.frame or 0), config, sigmas, store.num_keypoints)
         )
     rewritten = 0
-    for shard in shards:
-        table = store.read_people(shard)
+    for shard, table in tables.items():
         keys = zip(table.column("item").to_pylist(), table.column("person").to_pylist(), strict=True)
         track_ids = pa.array([ids.get(key) for key in keys], pa.int64())
         if table.column("track_id").combine_chunks().equals(track_ids):
