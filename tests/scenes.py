@@ -6,6 +6,7 @@ import functools
 
 import cv2
 import numpy as np
+import pytest
 
 from pose.config import DEFAULT_MODEL
 from pose.data.synthetic import SceneConfig, render_scene
@@ -25,3 +26,8 @@ def scene_jpeg(seed: int = 2) -> bytes:
 
 def embedded_weights_present() -> bool:
     return (DEFAULT_MODEL / "1" / "model.pth").is_file()
+
+
+needs_embedded_model = pytest.mark.skipif(
+    not embedded_weights_present(), reason="the embedded model's weights are not in this checkout"
+)

@@ -16,10 +16,10 @@ from pose.config import DEFAULT_MODEL
 from service.app import create_app
 from service.settings import Settings
 
-from .scenes import embedded_weights_present
+from .scenes import needs_embedded_model
 from .test_service import png
 
-pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
+pytestmark = needs_embedded_model
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from service.app import create_app
 from service.settings import Settings
 
 from .conftest import ROOT
+from .scenes import embedded_weights_present
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -83,7 +84,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    if not (DEFAULT_MODEL / "1" / "model.pth").is_file():
+    if not embedded_weights_present():
         pytest.skip("the embedded model's weights are not in this checkout")
     url, proc = start_service(
         {"POSE_MODEL": str(DEFAULT_MODEL), "POSE_WARMUP": "false", "POSE_API_KEY": None, "POSE_API_KEY_FILE": None}

@@ -23,10 +23,7 @@ from pose.data.synthetic import SceneConfig, render_scene
 from pose.models.hrnet import create_model
 
 from .conftest import FIXTURES, ROOT, checkout_env
-
-needs_default_weights = pytest.mark.skipif(
-    not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
-)
+from .scenes import needs_embedded_model
 
 
 def run(*args: str | Path) -> tuple[int, list[str]]:
@@ -61,7 +58,7 @@ def test_missing_checkpoint_is_one_line_naming_the_file_and_the_fix(model_withou
     ]
 
 
-@needs_default_weights
+@needs_embedded_model
 def test_a_file_that_is_not_an_image_is_one_line(tmp_path: Path) -> None:
     code, lines = run("predict", ROOT / "README.md", "--out", tmp_path)
     assert code == 2
@@ -109,7 +106,7 @@ def test_missing_training_config_is_one_line(tmp_path: Path) -> None:
     ]
 
 
-@needs_default_weights
+@needs_embedded_model
 def test_info_defaults_to_the_embedded_model_and_checks_its_files() -> None:
     code, lines = run("info")
     assert code == 0, lines
@@ -137,7 +134,7 @@ def test_info_refuses_a_checkpoint_of_another_architecture(foreign_checkpoint: P
     assert "conv1.weight (64, 3, 3, 3) != (32, 3, 3, 3)" in lines[-1]
 
 
-@needs_default_weights
+@needs_embedded_model
 def test_pose_export_reports_a_missing_graph_in_one_line(tmp_path: Path) -> None:
     from export.cli import app as export_app
 
@@ -162,7 +159,7 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path: Path, model_wit
     assert result.stderr.startswith("Error: checkpoint ") and result.stderr.count("\n") == 1
 
 
-@needs_default_weights
+@needs_embedded_model
 def test_predict_with_the_embedded_model_notes_that_it_finds_drawn_figures(tmp_path: Path) -> None:
     image = tmp_path / "scene.png"
     cv2.imwrite(str(image), render_scene(np.random.default_rng(3), SceneConfig(people=(1, 1)))[0])
@@ -205,7 +202,7 @@ def test_counts_in_messages_agree_with_their_nouns(tmp_path: Path) -> None:
     assert code == 0 and lines[-1].startswith(f"1 image -> {tmp_path / 'one' / 'images'}"), lines
 
 
-@needs_default_weights
+@needs_embedded_model
 def test_predict_reports_the_people_the_api_reports_at_the_models_threshold(tmp_path: Path) -> None:
     """One default threshold, the model's: a plain grey image has nobody, a drawn scene the API's poses."""
     from pose.api import PoseEstimator

@@ -10,11 +10,11 @@ import pytest
 from bench.load import run_faults
 from pose.config import DEFAULT_MODEL
 
-from .scenes import embedded_weights_present, scene_jpeg
+from .scenes import needs_embedded_model, scene_jpeg
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent"),
+    needs_embedded_model,
 ]
 
 

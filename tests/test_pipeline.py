@@ -9,10 +9,10 @@ from pose.api import PoseEstimator
 from pose.config import DEFAULT_MODEL
 from pose.data.synthetic import SceneConfig, render_scene
 
-from .scenes import embedded_weights_present
+from .scenes import needs_embedded_model
 
 
-@pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
+@needs_embedded_model
 def test_mixed_size_batch_equals_one_at_a_time() -> None:
     est = PoseEstimator.from_config(DEFAULT_MODEL)
     sizes = [(425, 640), (640, 425), (256, 256), (300, 500), (500, 300)]  # (H, W)

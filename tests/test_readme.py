@@ -17,15 +17,12 @@ import httpx
 import numpy as np
 import pytest
 
-from pose.config import DEFAULT_MODEL
 from pose.data.synthetic_video import VideoSceneConfig, render_video
 
 from .conftest import ROOT, checkout_env
+from .scenes import needs_embedded_model
 
 JSON = {"content-type": "application/json"}
-needs_default_weights = pytest.mark.skipif(
-    not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are absent"
-)
 
 # Installs: the test environment is already installed that way.
 SET_UP = ("pip install",)
@@ -119,7 +116,7 @@ def test_every_readme_command_is_classified_and_the_quick_start_runs_here() -> N
     assert "pose batch out/scenes/images --out out/bulk" in runs
 
 
-@needs_default_weights
+@needs_embedded_model
 def test_the_json_request_body_built_as_the_readme_says_is_accepted(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -138,7 +135,7 @@ def test_the_json_request_body_built_as_the_readme_says_is_accepted(tmp_path: Pa
 
 
 @pytest.mark.slow
-@needs_default_weights
+@needs_embedded_model
 def test_cheap_readme_commands_run_as_written(tmp_path: Path) -> None:
     folder = _readme_folder(tmp_path)
     for command in (c for c in COMMANDS if classify(c) == "run"):
@@ -154,7 +151,7 @@ def test_cheap_readme_commands_run_as_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_default_weights
+@needs_embedded_model
 def test_readme_service_commands_run_as_written_against_the_service(tmp_path: Path) -> None:
     from bench.common import start_service
 

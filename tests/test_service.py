@@ -23,10 +23,10 @@ from pose.config import DEFAULT_MODEL
 from service.app import create_app
 from service.settings import Settings
 
-from .scenes import SCENE_SIZE, embedded_weights_present, scene_jpeg
+from .scenes import SCENE_SIZE, needs_embedded_model, scene_jpeg
 
 MODEL = DEFAULT_MODEL
-pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
+pytestmark = needs_embedded_model
 
 
 def settings(**overrides) -> Settings:

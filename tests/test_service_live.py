@@ -23,9 +23,9 @@ import pytest
 from pose.config import DEFAULT_MODEL
 
 from .conftest import ROOT
-from .scenes import embedded_weights_present, scene_jpeg
+from .scenes import needs_embedded_model, scene_jpeg
 
-pytestmark = pytest.mark.skipif(not embedded_weights_present(), reason="the embedded model's weights are absent")
+pytestmark = needs_embedded_model
 
 
 def free_port() -> int:

@@ -14,16 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from pose.config import DEFAULT_MODEL
 from pose.data.clip import panning_clip
 from service.app import create_app
 from service.frames import Frame, FrameQueue
 from service.logs import request_id_var
 from service.settings import Settings
 
-needs_model = pytest.mark.skipif(
-    not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
-)
+from .scenes import needs_embedded_model
 
 
 def jpegs(frames: int, seed: int = 3) -> list[bytes]:
@@ -84,7 +81,7 @@ def test_a_waiting_reader_wakes_up_on_a_frame_and_on_close() -> None:
 # --- the endpoint ---
 
 
-@needs_model
+@needs_embedded_model
 def test_every_frame_gets_its_poses_in_order_with_stable_track_ids(client: TestClient) -> None:
     with client.websocket_connect("/v1/stream?flip=false") as ws:
         ready = ws.receive_json()
@@ -105,7 +102,7 @@ def test_every_frame_gets_its_poses_in_order_with_stable_track_ids(client: TestC
     assert all(len(p["keypoints"]) == 17 for m in messages for p in m["people"])
 
 
-@needs_model
+@needs_embedded_model
 def test_a_bad_frame_gets_an_error_message_and_the_stream_goes_on(client: TestClient) -> None:
     with client.websocket_connect("/v1/stream") as ws:
         ws.receive_json()
@@ -119,7 +116,7 @@ def test_a_bad_frame_gets_an_error_message_and_the_stream_goes_on(client: TestCl
     assert answers[2]["seq"] == 2 and answers[2]["people"]
 
 
-@needs_model
+@needs_embedded_model
 def test_overload_drops_the_oldest_frames_and_reports_every_one() -> None:
     frames = jpegs(12)
     with app_client(stream_queue_frames=1) as c, c.websocket_connect("/v1/stream") as ws:
@@ -140,7 +137,7 @@ def test_overload_drops_the_oldest_frames_and_reports_every_one() -> None:
     assert f"pose_stream_frame_latency_seconds_count {len(answers):.1f}" in metrics
 
 
-@needs_model
+@needs_embedded_model
 def test_a_frame_over_the_byte_limit_gets_413_as_a_message() -> None:
     with app_client(stream_max_frame_bytes=1024) as c, c.websocket_connect("/v1/stream") as ws:
         ws.receive_json()
@@ -149,7 +146,7 @@ def test_a_frame_over_the_byte_limit_gets_413_as_a_message() -> None:
     assert answer["type"] == "error" and answer["code"] == "payload_too_large" and "limit is 1024" in answer["message"]
 
 
-@needs_model
+@needs_embedded_model
 def test_the_api_key_is_required_as_a_header_or_a_token() -> None:
     with app_client(api_key="s3cret") as c:
         refused = closed_with(c, "/v1/stream")
@@ -164,7 +161,7 @@ def test_the_api_key_is_required_as_a_header_or_a_token() -> None:
     assert refused.code == wrong.code == 4401 and "API key" in refused.reason
 
 
-@needs_model
+@needs_embedded_model
 def test_invalid_options_close_the_stream_with_4422_naming_the_option(client: TestClient) -> None:
     negative = closed_with(client, "/v1/stream?score_threshold=-1")
     unknown = closed_with(client, "/v1/stream?flipp=true")
@@ -175,7 +172,7 @@ def test_invalid_options_close_the_stream_with_4422_naming_the_option(client: Te
     assert "scales" in big_scale.reason
 
 
-@needs_model
+@needs_embedded_model
 def test_a_text_message_that_is_not_a_timestamp_closes_with_4400(client: TestClient) -> None:
     with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/v1/stream") as ws:
         ws.receive_json()
@@ -184,7 +181,7 @@ def test_a_text_message_that_is_not_a_timestamp_closes_with_4400(client: TestCli
     assert info.value.code == 4400 and "time" in info.value.reason
 
 
-@needs_model
+@needs_embedded_model
 def test_streams_beyond_the_limit_are_refused_with_4429_and_counted() -> None:
     with app_client(max_streams=1) as c, c.websocket_connect("/v1/stream") as first:
         assert first.receive_json()["type"] == "ready"
@@ -193,7 +190,7 @@ def test_streams_beyond_the_limit_are_refused_with_4429_and_counted() -> None:
         assert second.code == 4429 and "limit is 1" in second.reason
 
 
-@needs_model
+@needs_embedded_model
 def test_a_draining_service_closes_open_streams_with_4503_and_refuses_new_ones() -> None:
     from service.app import start_drain
 
@@ -212,7 +209,7 @@ def test_a_draining_service_closes_open_streams_with_4503_and_refuses_new_ones()
     assert refused.code == 4503 and "shutting down" in refused.reason
 
 
-@needs_model
+@needs_embedded_model
 def test_a_stream_that_sends_nothing_is_closed_with_4408() -> None:
     with app_client(stream_idle_timeout_s=0.5) as c:
         idle = closed_with(c, "/v1/stream")
@@ -220,7 +217,7 @@ def test_a_stream_that_sends_nothing_is_closed_with_4408() -> None:
     assert idle.code == 4408 and "0.5 s" in idle.reason
 
 
-@needs_model
+@needs_embedded_model
 def test_a_streams_log_lines_carry_the_clients_request_id(client: TestClient) -> None:
     seen: list[tuple[str, str]] = []
 

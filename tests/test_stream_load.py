@@ -19,9 +19,10 @@ from bench.common import start_service
 from bench.stream import stream_load
 from pose.config import DEFAULT_MODEL
 
+from .scenes import needs_embedded_model
+
 STREAMS, FPS, SECONDS = 3, 20.0, 8.0
-NO_WEIGHTS = not (DEFAULT_MODEL / "1" / "model.pth").is_file()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(NO_WEIGHTS, reason="the embedded model's weights are not here")]
+pytestmark = [pytest.mark.slow, needs_embedded_model]
 
 
 def dropped_metric(url: str, text: str | None = None) -> float:

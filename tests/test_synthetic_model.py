@@ -9,7 +9,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -21,9 +20,9 @@ from pose.train.rescore import keypoint_oks
 from service.app import create_app
 from service.settings import Settings
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
-)
+from .scenes import needs_embedded_model
+
+pytestmark = needs_embedded_model
 SCENE = SceneConfig(people=(1, 4), height=(0.3, 0.9), occluder_prob=0.25)  # what the model was trained on
 SIGMAS = np.array(
     [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087]

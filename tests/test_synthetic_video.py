@@ -10,6 +10,8 @@ from pose.config import DEFAULT_MODEL, load_model_config
 from pose.data.synthetic_video import VideoSceneConfig, render_video
 from pose.track_eval import FrameMatches, frame_matches, identity_scores, synthetic_video_scores
 
+from .scenes import needs_embedded_model
+
 SMALL = VideoSceneConfig(num_frames=12)
 
 
@@ -101,7 +103,7 @@ def test_poses_on_hidden_people_are_neither_counted_nor_false_positives() -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model is not here")
+@needs_embedded_model
 def test_embedded_model_tracks_default_scenes_with_idf1_above_0_9() -> None:
     """The first three default clips, each with a crossing where someone is half hidden; without flip to
     halve the time on CPU. bench/tracking.py measures the README figure on more clips, with flip."""

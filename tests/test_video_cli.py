@@ -14,9 +14,9 @@ from pose.config import DEFAULT_MODEL
 from pose.data.synthetic_video import VideoSceneConfig, render_video
 from pose.video import probe
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
-)
+from .scenes import needs_embedded_model
+
+pytestmark = needs_embedded_model
 
 
 @pytest.fixture(scope="module")

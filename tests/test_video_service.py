@@ -19,9 +19,9 @@ from pose.video import VideoWriter, iter_frames, probe
 from service.app import create_app
 from service.settings import Settings
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_MODEL / "1" / "model.pth").is_file(), reason="the embedded model's weights are not in this checkout"
-)
+from .scenes import needs_embedded_model
+
+pytestmark = needs_embedded_model
 FAST = {"flip": "false"}  # half the network time on CPU; the options path is the same
 
 
