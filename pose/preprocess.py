@@ -1,7 +1,8 @@
 """Image to network input, exactly as the authors' test pipeline (SPEC §3.1), and the way back.
 
 The short side goes to ``size * scale``; the long side is first rounded *up* to a multiple of 64 at
-scale 1, then multiplied by the scale, and the image is centred in that canvas by a similarity warp
+scale 1, then multiplied by the scale (a scaled side is rounded up to a multiple of 32, which the
+authors' scales already give), and the image is centred in that canvas by a similarity warp
 (``cv2.warpAffine``, bilinear, zero border). The matrices are built from float32 point triples with
 ``cv2.getAffineTransform`` like the authors', so coordinates map back to the same float values.
 """
@@ -56,18 +57,28 @@ def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b + np.array([-direction[1], direction[0]], dtype=np.float32)
 
 
+NETWORK_STRIDE = 32  # stem (4) x three halvings to the lowest-resolution branch, fused back by exact x2 upsampling
+
+
+def _network_size(pixels: int) -> int:
+    """A scaled side rounded up to a multiple of :data:`NETWORK_STRIDE`, the sizes the network's branches
+    fuse at. The authors' sizes (the scale-1 short side and 64-multiples at scales like 2 and 0.5) already
+    are, so this changes nothing for them; any other scale would otherwise fail in the network."""
+    return max(NETWORK_STRIDE, -(-pixels // NETWORK_STRIDE) * NETWORK_STRIDE)
+
+
 def plan_transform(width: int, height: int, input_size: int, scale: float = 1.0) -> ImageTransform:
     """Network input size, centre and matrix for an image (authors' ``get_multi_scale_size``)."""
     if width < 1 or height < 1:
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")
     center = (int(width / 2.0 + 0.5), int(height / 2.0 + 0.5))
     if width < height:
-        w_in = int(input_size * scale)
-        h_in = int(int((input_size / width * height + 63) // 64 * 64) * scale)
+        w_in = _network_size(int(input_size * scale))
+        h_in = _network_size(int(int((input_size / width * height + 63) // 64 * 64) * scale))
         scale_w = width / 200.0
     else:
-        h_in = int(input_size * scale)
-        w_in = int(int((input_size / height * width + 63) // 64 * 64) * scale)
+        h_in = _network_size(int(input_size * scale))
+        w_in = _network_size(int(int((input_size / height * width + 63) // 64 * 64) * scale))
         scale_w = w_in / h_in * height / 200.0
     matrix = _affine(center, scale_w, (w_in, h_in))
     return ImageTransform((width, height), (w_in, h_in), center, scale_w, matrix)

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pose.config import InputConfig
+from pose.api import PoseEstimator
+from pose.config import DEFAULT_MODEL, InputConfig
 from pose.inference import flip_test, offsets_to_keypoints, up_interpolate
 from pose.models.hrnet import PoseOutput
 from pose.preprocess import plan_transform, resize_image, warp_batch
+
+from .scenes import needs_embedded_model
 
 
 @pytest.mark.parametrize(
@@ -28,6 +31,29 @@ def test_input_size_rounds_the_long_side_up_to_64(
     w: int, h: int, size: int, scale: float, expected: tuple[int, int]
 ) -> None:
     assert plan_transform(w, h, size, scale).input_size == expected
+
+
+@pytest.mark.parametrize(
+    "w,h,size,scale,expected",
+    [
+        (640, 425, 256, 1.3, (608, 352)),  # 582.4 -> 608 and 332.8 -> 352: sizes the network's branches fuse at
+        (640, 425, 256, 0.3, (160, 96)),  # 134.4 -> 160, 76.8 -> 96
+        (640, 425, 256, 1e-38, (32, 32)),  # never below one network stride
+    ],
+)
+def test_other_scales_round_up_to_the_network_stride(
+    w: int, h: int, size: int, scale: float, expected: tuple[int, int]
+) -> None:
+    assert plan_transform(w, h, size, scale).input_size == expected
+
+
+@needs_embedded_model
+@pytest.mark.parametrize("scale", [1.3, 0.3, 1e-38])
+def test_any_scale_the_options_allow_runs_through_the_network(scale: float) -> None:
+    # The service takes scales in (0, 2]; sizes off the network stride used to fail inside the network (a 500).
+    est = PoseEstimator.from_config(DEFAULT_MODEL)
+    image = np.zeros((425, 640, 3), np.uint8)
+    assert est.predict(image, scales=[1.0, scale], min_score=0).keypoints.shape[1:] == (17, 3)
 
 
 def test_similarity_maps_the_center_to_the_middle_and_scales_the_short_side() -> None:
