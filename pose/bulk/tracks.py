@@ -29,7 +29,7 @@ def _frame_poses(rows: pa.Table, k: int) -> TrackedPoses:
     n = rows.num_rows
     keypoints = np.array(rows.column("keypoints").combine_chunks().flatten(), np.float32).reshape(n, k, 3)
     boxes = np.array(rows.column("bbox").combine_chunks().flatten(), np.float32).reshape(n, 4)
-    scores = np.array(rows.column("score"), np.float32)
+    scores = rows.column("score").to_numpy().astype(np.float32)  # a writable copy, as torch wants
     return TrackedPoses(
         torch.from_numpy(keypoints),
         torch.from_numpy(scores),
