@@ -430,6 +430,9 @@ def average_weights(
     ] = None,
     bn_images: Annotated[Path | None, typer.Option(help="its image folder")] = None,
     bn_batches: Annotated[int, typer.Option(min=1, help="augmented training batches for the statistics")] = 100,
+    bn_keep_empty: Annotated[
+        bool, typer.Option(help="measure on images with nobody in them too, as training with keep_empty_images does")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     seed: Annotated[int, typer.Option(help="augmentation and order of the statistics pass")] = 0,
     device: DeviceOpt = "cpu",
@@ -456,7 +459,7 @@ def average_weights(
     net.load_state_dict(state)
     note = "batch-norm statistics averaged too"
     if bn_annotations is not None and bn_images is not None:
-        dataset = KeypointDataset(bn_annotations, bn_images, cfg, train=True, seed=seed)
+        dataset = KeypointDataset(bn_annotations, bn_images, cfg, train=True, seed=seed, keep_empty=bn_keep_empty)
         order = torch.Generator().manual_seed(seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
         seen = recalibrate_batchnorm(net.to(device), training_images(loader, bn_batches), device)

@@ -153,6 +153,10 @@ class DecodeConfig(_Strict):
     adjust_threshold: float = 0.05  # joints scoring above are refined by a Gaussian fit
     absorb: bool = True  # heatmap-guided absorption (False = the pure regression path)
     refine: bool = True  # Gaussian-fit refinement of absorbed joints
+    # None keeps every converged fit, as the authors do. A number keeps only fits whose peak lies in the
+    # window and whose amplitude is at most this many times the window's highest value: on near-flat maps
+    # (blank images) a fit can run off to a huge far-away Gaussian (see pose.decode.plausible_fits).
+    refine_max_gain: float | None = Field(None, gt=0)
     rescore: bool = True  # multiply the pose score by the scoring net's predicted OKS
 
 

@@ -26,6 +26,7 @@ from pose.gaussian_fit import fit_gaussians
 __all__ = ["Poses", "group_poses"]
 
 _NEG = -1e30  # fills padding so it never wins a max-pool or a top-k
+_FIT_GRID = 13  # side of the Gaussian-fit window (SPEC §4.4: joint ± 6)
 
 
 @dataclass
@@ -317,6 +318,25 @@ def _window_samples(
     return torch.where(inside, values, 0.0).double()
 
 
+def plausible_fits(params: Tensor, peak: Tensor, max_gain: float) -> Tensor:
+    """Fits whose peak lies on the 13x13 sample grid (one pixel of slack) and whose amplitude is at most
+    ``max_gain`` times the window's highest sample.
+
+    On near-flat windows (blank images) the authors' fit can converge to a far-away, enormous Gaussian
+    (amplitudes of 1e10 were seen), which lets a pose on an all-black image outscore every real person.
+    A rejected fit leaves its joint as it was, as a failed fit does. Off by default
+    (``DecodeConfig.refine_max_gain``): the authors keep every converged fit, and parity needs that.
+
+    Args:
+        params: Tensor[M, 4] fitted ``(A, y0, x0, sigma)`` in window coordinates.
+        peak: Tensor[M] the highest sample of each window.
+        max_gain: the largest accepted ratio of amplitude to ``peak``.
+    """
+    amp, centre = params[:, 0], params[:, 1:3]
+    on_grid = ((centre >= -1) & (centre <= _FIT_GRID)).all(1)
+    return on_grid & (amp <= max_gain * peak.clamp(min=0)) & torch.isfinite(params).all(1)
+
+
 def _refine(
     fused: Tensor, sizes: Tensor, joints: Tensor, scores: Tensor, center: Tensor, valid: Tensor, cfg: DecodeConfig
 ) -> tuple[Tensor, Tensor]:
@@ -356,20 +376,25 @@ def _refine(
         dim=1,
     )
     extent = torch.stack([cols_s, rows_s], 1)  # (a, b) grid of each window, see _window_samples
-    wide = (extent > 13).any(1)  # only windows whose stop index wrapped around (joints far outside the map)
+    wide = (extent > _FIT_GRID).any(1)  # only windows whose stop wrapped around (joints far outside the map)
     if not bool(wide.any()):
-        data = _window_samples(fused[:, :k], bi, ki, rows_s, cols_s, rlo_s, clo_s, (13, 13))
+        data = _window_samples(fused[:, :k], bi, ki, rows_s, cols_s, rlo_s, clo_s, (_FIT_GRID, _FIT_GRID))
         params, ok = fit_gaussians(data, extent, start)
+        peak = data.flatten(1).amax(1)
     else:
         params, ok = torch.empty_like(start), torch.empty_like(wide)
+        peak = torch.empty_like(start[:, 0])
         for part in (~wide, wide):
             idx = part.nonzero().squeeze(1)
             if idx.numel():
-                grid = (int(cols_s[idx].max().clamp(min=13)), int(rows_s[idx].max().clamp(min=13)))
+                grid = (int(cols_s[idx].max().clamp(min=_FIT_GRID)), int(rows_s[idx].max().clamp(min=_FIT_GRID)))
                 data = _window_samples(
                     fused[:, :k], bi[idx], ki[idx], rows_s[idx], cols_s[idx], rlo_s[idx], clo_s[idx], grid
                 )
                 params[idx], ok[idx] = fit_gaussians(data, extent[idx], start[idx])
+                peak[idx] = data.flatten(1).amax(1)
+    if cfg.refine_max_gain is not None:
+        ok &= plausible_fits(params, peak, cfg.refine_max_gain)
     params, ok = params[inverse], ok[inverse]
     rlo_s, clo_s = r_lo[sel], c_lo[sel]
     amp, y0, x0 = params[:, 0], params[:, 1], params[:, 2]

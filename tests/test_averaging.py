@@ -71,7 +71,7 @@ def test_no_images_leaves_the_statistics_alone() -> None:
 
 @pytest.mark.slow
 def test_a_run_keeps_its_epochs_and_the_cli_averages_them(tmp_path: Path) -> None:
-    write_dataset(tmp_path / "train", 8, seed=1, config=SceneConfig(size=(128, 128), people=(1, 2)))
+    write_dataset(tmp_path / "train", 8, seed=1, config=SceneConfig(size=(128, 128), people=(1, 2)), negatives=3)
     annotations, images = str(tmp_path / "train" / "annotations.json"), str(tmp_path / "train" / "images")
     run = {
         "model": str(TINY),
@@ -96,7 +96,9 @@ def test_a_run_keeps_its_epochs_and_the_cli_averages_them(tmp_path: Path) -> Non
     bn_args = ["--bn-annotations", annotations, "--bn-images", images, "--bn-batches", "2"]
     result = CliRunner().invoke(cli, args + bn_args)
     assert result.exit_code == 0, result.output
-    assert "measured on 8 training images" in result.output
+    assert "measured on 8 training images" in result.output  # the scenes; images with nobody are left out
+    with_empty = CliRunner().invoke(cli, [*args, *bn_args, "--bn-keep-empty"])
+    assert with_empty.exit_code == 0 and "measured on 11 training images" in with_empty.output
 
     model = load_weights(create_model(load_model_config(TINY)), averaged)  # loads strictly
     state = model.state_dict()

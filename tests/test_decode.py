@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pose.config import DecodeConfig
-from pose.decode import group_poses
+from pose.decode import group_poses, plausible_fits
+from pose.gaussian_fit import fit_gaussians
 from pose.postprocess import fuse_scales
 
 from .reference_decoder import reference_group
@@ -161,6 +162,52 @@ def test_candidate_just_inside_or_outside_the_absorb_radius(dx: int, dy: int, ab
         assert left_eye[2] == pytest.approx(0.8 * fused[1, 20, 20], rel=1e-3)  # heat at the regressed joint
     ref = reference_group([heat], [kpts], fused, [1.0], cfg)
     np.testing.assert_allclose(poses.keypoints[0, :1].numpy(), ref.keypoints, atol=1e-5)
+
+
+def test_a_fit_on_a_ramp_runs_off_the_window_and_the_guard_rejects_it() -> None:
+    """A window that only rises (a near-flat map) has no peak: least squares finds a wide Gaussian far off
+    the grid with an amplitude above every sample; a fit on a real bump is kept."""
+    a, b = torch.meshgrid(torch.arange(13.0), torch.arange(13.0), indexing="ij")
+    windows = torch.stack([0.1 + 0.01 * b, 0.8 * torch.exp(-((a - 5.6) ** 2 + (b - 6.3) ** 2) / 8)]).double()
+    start = torch.stack([windows[:, 6, 6], *torch.full((2, 2), 6.0).T, torch.full((2,), 2.0)], 1).double()
+    params, ok = fit_gaussians(windows, torch.full((2, 2), 13), start)
+    assert ok.all()
+    assert params[0, 2] > 20 and params[0, 0] > windows[0].max()  # off the grid, above the data
+    torch.testing.assert_close(params[1], torch.tensor([0.8, 5.6, 6.3, 2.0], dtype=torch.float64))
+    peak = windows.flatten(1).amax(1)
+    assert plausible_fits(params, peak, max_gain=2.0).tolist() == [False, True]
+    by_hand = torch.tensor(
+        [
+            [1.0, 6.0, 6.0, 2.0],  # kept
+            [1.0, 6.0, 14.5, 2.0],  # peak off the grid
+            [1.0, -1.5, 6.0, 2.0],  # peak off the grid
+            [2.1, 6.0, 6.0, 2.0],  # amplitude over twice the highest sample
+            [float("nan"), 6.0, 6.0, 2.0],
+        ],
+        dtype=torch.float64,
+    )
+    assert plausible_fits(by_hand, torch.ones(5, dtype=torch.float64), 2.0).tolist() == [1, 0, 0, 0, 0]
+
+
+def test_guarded_refinement_leaves_runaway_fits_unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``refine_max_gain`` a runaway fit leaves its joint as the unrefined decode has it; well-posed
+    fits are applied either way."""
+    heat, kpts = scene([person(12, 12, 6, 1), person(44, 20, 6, 2)], 32, 56)
+    guarded = DecodeConfig(refine_max_gain=2.0)
+    refined, _, _ = decode([heat], [kpts], [1.0])
+    unrefined, _, _ = decode([heat], [kpts], [1.0], DecodeConfig(refine=False))
+    assert np.abs(refined - unrefined).max() > 0.01  # the fits moved the joint scores
+    np.testing.assert_array_equal(decode([heat], [kpts], [1.0], guarded)[0], refined)
+
+    import pose.decode as decode_module
+
+    def runaway(data: torch.Tensor, extent: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params, ok = fit_gaussians(data, extent, start)
+        return params * torch.tensor([1e9, 1.0, 30.0, 50.0], dtype=params.dtype), ok
+
+    monkeypatch.setattr(decode_module, "fit_gaussians", runaway)
+    np.testing.assert_array_equal(decode([heat], [kpts], [1.0], guarded)[0], unrefined)
+    assert decode([heat], [kpts], [1.0])[0][..., 2].max() > 1e6  # the authors' rule keeps such a fit
 
 
 def test_an_image_with_nobody_gives_no_poses() -> None:
