@@ -112,9 +112,12 @@ def test_the_models_score_threshold_leaves_plain_images_empty_through_the_api_an
     assert len(est.predict(plain).scores) == 0  # ...and the default threshold drops them
     ok, png_bytes = cv2.imencode(".png", plain)
     assert ok
+    blank = [plain, np.zeros((1, 1, 3), np.uint8), np.full((1, 1, 3), 255, np.uint8), np.zeros((480, 640, 3), np.uint8)]
     with TestClient(create_app(Settings(warmup=False))) as client:
-        r = client.post("/v1/pose", content=png_bytes.tobytes(), headers={"content-type": "image/png"})
-        assert r.status_code == 200 and r.json()["results"][0]["people"] == []
+        for image in blank:
+            body = cv2.imencode(".png", image)[1].tobytes()
+            r = client.post("/v1/pose", content=body, headers={"content-type": "image/png"})
+            assert r.status_code == 200 and r.json()["results"][0]["people"] == [], image.shape
         assert client.get("/v1/models").json()["models"][0]["score_threshold"] == 0.1
         r = client.post(
             "/v1/pose",
