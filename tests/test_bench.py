@@ -142,3 +142,17 @@ def test_tracking_benchmark_smoke_run_scores_every_tracker(tmp_path: Path) -> No
     assert report["frames"] == 6 and report["flip"] is False and report["scene"]["num_frames"] == 6
     for row in report["summary"].values():
         assert 0.0 <= row["min_idf1"] <= row["mean_idf1"] <= 1.0
+
+
+def test_cpu_pipeline_benchmark_times_each_backend_and_checks_their_poses_agree(tmp_path: Path) -> None:
+    out = tmp_path / "cpu.json"
+    run_module("bench.cpu_pipeline", "--model", "synthetic_w16_256", "--rounds", "1", "--out", str(out))
+    report = json.loads(out.read_text())
+    rows = {(row["backend"], row["flip"]): row for row in report["rows"]}
+    assert set(rows) == {(b, f) for b in ("torch", "auto") for f in (False, True)}
+    assert rows["torch", False]["runtime"] == "torch" and rows["auto", False]["runtime"] == "onnx"
+    for row in rows.values():
+        assert row["median_s_per_image"] > 0
+        assert row["vs_authors"] == report["authors_s_per_image"][str(row["flip"]).lower()] / row["median_s_per_image"]
+    agreement = report["agreement_with_first_backend"]["auto"]
+    assert agreement["poses"] > 0 and agreement["equal_counts"] and agreement["within_half_pixel"] == 1.0
