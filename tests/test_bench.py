@@ -84,11 +84,26 @@ def test_gpu_check_refuses_without_a_gpu_and_renders_its_report() -> None:
             }
         ],
         "service": {"error": "RuntimeError: the service exited with 3"},
-        "agreement": {"cuda_fp16": {"poses": 10, "within_half_pixel": 0.9, "scenes_with_equal_counts": 7, "scenes": 8}},
+        "agreement": {
+            "cuda_fp16": {
+                "poses": 10,
+                "within_half_pixel": 0.9,
+                "scenes_with_equal_counts": 7,
+                "scenes": 8,
+                "reported": {
+                    "poses": 4,
+                    "within_half_pixel": 1.0,
+                    "scenes_with_equal_counts": 8,
+                    "scenes": 8,
+                    "score_threshold": 0.1,
+                },
+            }
+        },
     }
     text = gpu.markdown(report)
     assert "| fp16 | 1 | 7.00 | 143 |" in text
     assert "90.0% of 10 poses within 0.5 px, equal counts on 7 of 8 scenes" in text
+    assert "; reported poses (score >= 0.1): 100.0% of 4, equal counts on 8 of 8 scenes" in text
     assert "- service: RuntimeError: the service exited with 3" in text
 
     def poses(points: list[list[float]]) -> PoseResult:
@@ -113,7 +128,9 @@ def test_gpu_check_smoke_run_fills_every_section(tmp_path: Path) -> None:
     levels = report["service"]["levels"]
     assert [lv["clients"] for lv in levels] == [1, 4] and all(set(lv["codes"]) == {"200"} for lv in levels)
     assert report["service"]["exit_code"] in (0, -15)  # a clean exit, or ended by the SIGTERM it was sent
-    assert report["agreement"]["cpu_fp32"]["within_half_pixel"] == 1.0  # the same device: the same poses
+    fp32 = report["agreement"]["cpu_fp32"]
+    assert fp32["within_half_pixel"] == 1.0 and fp32["reported"]["within_half_pixel"] == 1.0  # same device, same poses
+    assert 0 < fp32["reported"]["poses"] < fp32["poses"]
     assert (tmp_path / "report.md").read_text().startswith("# GPU check")
 
 
