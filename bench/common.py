@@ -17,6 +17,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"
+
 
 def environment(device: str) -> dict[str, Any]:
     """What the numbers were measured on."""
@@ -95,3 +98,58 @@ def start_service(
         time.sleep(0.5)
     proc.kill()
     raise TimeoutError(f"the service was not ready within {timeout_s:.0f} s")
+
+
+def sample_images() -> list[np.ndarray]:
+    """The shared COCO sample photos (RGB) when present, else drawn scenes of the same sizes."""
+    import cv2
+
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    if photos:
+        return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos]
+    return drawn_scenes(4, (480, 640))
+
+
+def drawn_scenes(n: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """``n`` seeded synthetic scenes (RGB) of 2-6 drawn people, the embedded model's kind of image."""
+    from pose.data.synthetic import SceneConfig, render_scene
+
+    rng = np.random.default_rng(0)
+    return [render_scene(rng, SceneConfig(size=size, people=(2, 6)))[0][..., ::-1].copy() for _ in range(n)]
+
+
+def model_pipeline(model: Path, backend: Any) -> Any:
+    """The service's pipeline of a model folder on a backend, with the model's scoring net when it has one."""
+    from pose.config import load_model_config
+    from pose.pipeline import BatchPipeline
+    from pose.rescore import load_scoring_net
+
+    config = load_model_config(model)
+    rescore = config.resolve(config.rescore_weights)
+    scoring = None
+    if rescore is not None and rescore.is_file():
+        scoring = load_scoring_net(rescore, config.keypoints.score_feature_dim).to(backend.device)
+    return BatchPipeline(config, backend, scoring, backend.device)
+
+
+def match_poses(reference: Any, other: Any) -> tuple[int, int]:
+    """Poses of ``reference`` with a pose of ``other`` whose median joint distance is under 0.5 px."""
+    if len(reference.keypoints) == 0 or len(other.keypoints) == 0:
+        return 0, len(reference.keypoints)
+    a = reference.keypoints[:, None, :, :2]
+    b = other.keypoints[None, :, :, :2]
+    distance = (a - b).norm(dim=-1).median(dim=-1).values  # (P_ref, P_other)
+    return int((distance.min(dim=1).values < 0.5).sum()), len(reference.keypoints)
+
+
+def pose_agreement(reference: list[Any], other: list[Any]) -> dict[str, Any]:
+    """How many of the reference's poses the other run reproduces within 0.5 px, image by image, and on how
+    many images the two give the same number of poses."""
+    matched = [match_poses(r, g) for r, g in zip(reference, other, strict=True)]
+    poses = sum(m[1] for m in matched)
+    return {
+        "poses": poses,
+        "within_half_pixel": sum(m[0] for m in matched) / max(1, poses),
+        "scenes_with_equal_counts": sum(len(r.scores) == len(g.scores) for r, g in zip(reference, other, strict=True)),
+        "scenes": len(reference),
+    }

@@ -18,34 +18,19 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import cv2
 import numpy as np
 import torch
 import typer
 
-from bench.common import environment, write_report
-from bench.gpu import match_poses
+from bench.common import ROOT, drawn_scenes, environment, model_pipeline, pose_agreement, sample_images, write_report
 from pose.config import DEFAULT_MODEL, load_model_config
-from pose.data.synthetic import SceneConfig, render_scene
 from pose.models.hrnet import create_model
-from pose.pipeline import BatchPipeline, PoseResult
+from pose.pipeline import BatchPipeline
 from service.backends import create_backend
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"
 # Seconds per image of the authors' pipeline on 2 cores, W32 seed-0 weights, the 4 photos (issue 21).
 AUTHORS_S_PER_IMAGE = {False: 1.98, True: 3.65}
-
-
-def _scenes(n: int, size: tuple[int, int]) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [render_scene(rng, SceneConfig(size=size, people=(1, 4)))[0][..., ::-1].copy() for _ in range(n)]
-
-
-def _photos() -> list[np.ndarray]:
-    files = sorted(PHOTOS.glob("*.jpg"))
-    return [cv2.imread(str(p))[..., ::-1].copy() for p in files] if files else _scenes(4, (480, 640))
 
 
 def _seconds(pipeline: BatchPipeline, images: list[np.ndarray], flip: bool, rounds: int) -> list[float]:
@@ -61,28 +46,13 @@ def _seconds(pipeline: BatchPipeline, images: list[np.ndarray], flip: bool, roun
 
 def _embedded_model_agreement(backends: list[str], cache: Path) -> dict[str, dict[str, Any]]:
     """Each backend's poses on drawn scenes with the embedded model, against the first backend's."""
-    from pose.rescore import load_scoring_net
-
     cfg = load_model_config(DEFAULT_MODEL)
-    rescore = cfg.resolve(cfg.rescore_weights)
-    scoring_net = load_scoring_net(rescore, cfg.keypoints.score_feature_dim) if rescore else None
-    scenes = _scenes(8, (384, 512))
+    scenes = drawn_scenes(8, (384, 512))
     results = {}
     for name in backends:
         backend = create_backend(cfg, Settings(model=DEFAULT_MODEL, backend=name, onnx_cache=cache))
-        results[name] = BatchPipeline(cfg, backend, scoring_net, "cpu").run(scenes)[0]
-    return {name: _agreement(results[backends[0]], got) for name, got in results.items()}
-
-
-def _agreement(reference: list[PoseResult], other: list[PoseResult]) -> dict[str, Any]:
-    """How many of the reference's poses the other backend reproduces, image by image."""
-    matched = [match_poses(r, o) for r, o in zip(reference, other, strict=True)]
-    poses = sum(m[1] for m in matched)
-    return {
-        "poses": poses,
-        "within_half_pixel": sum(m[0] for m in matched) / max(1, poses),
-        "equal_counts": all(len(r.scores) == len(o.scores) for r, o in zip(reference, other, strict=True)),
-    }
+        results[name] = model_pipeline(DEFAULT_MODEL, backend).run(scenes)[0]
+    return {name: pose_agreement(results[backends[0]], got) for name, got in results.items()}
 
 
 def main(
@@ -92,7 +62,7 @@ def main(
     out: Annotated[Path | None, typer.Option(help="JSON report")] = None,
 ) -> None:
     cfg = load_model_config(ROOT / "model_repo" / model)
-    images = _photos()
+    images = sample_images()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "seed0.pth"
@@ -124,7 +94,10 @@ def main(
                 )
         agreement = _embedded_model_agreement(backends, Path(tmp))
     for name, numbers in agreement.items():
-        print(f"{name}: {100 * numbers['within_half_pixel']:.1f}% of {numbers['poses']} poses as {backends[0]}'s")
+        print(
+            f"{name}: {100 * numbers['within_half_pixel']:.1f}% of {numbers['poses']} poses as {backends[0]}'s, "
+            f"equal counts on {numbers['scenes_with_equal_counts']} of {numbers['scenes']} scenes"
+        )
     write_report(
         out,
         {

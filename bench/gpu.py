@@ -29,11 +29,20 @@ import numpy as np
 import torch
 import typer
 
-from bench.common import environment, start_service, time_call, write_report
+from bench.common import (
+    PHOTOS,
+    ROOT,
+    drawn_scenes,
+    environment,
+    model_pipeline,
+    pose_agreement,
+    sample_images,
+    start_service,
+    time_call,
+    write_report,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "model_repo" / "synthetic_w16_256"
-PHOTOS = ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"
 # (name, settings of the torch backend): the reference, then what the service runs on CUDA by default.
 GPU_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("fp32 eager, torch op", {"half": False, "adaptive_conv": "torch", "cuda_graphs": False}),
@@ -152,41 +161,11 @@ def network(plan: Plan, weights: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _images() -> list[np.ndarray]:
-    """The shared COCO sample photos when present, else drawn scenes of the same sizes."""
-    import cv2
-
-    photos = sorted(PHOTOS.glob("*.jpg"))
-    if photos:
-        return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos]
-    return _scenes(4, (480, 640))
-
-
-def _scenes(n: int, size: tuple[int, int]) -> list[np.ndarray]:
-    from pose.data.synthetic import SceneConfig, render_scene
-
-    rng = np.random.default_rng(0)
-    return [render_scene(rng, SceneConfig(size=size, people=(2, 6)))[0][..., ::-1].copy() for _ in range(n)]
-
-
-def _pipeline(model: Path, backend: Any) -> Any:
-    from pose.config import load_model_config
-    from pose.pipeline import BatchPipeline
-    from pose.rescore import load_scoring_net
-
-    config = load_model_config(model)
-    rescore = config.resolve(config.rescore_weights)
-    scoring = None
-    if rescore is not None and rescore.is_file():
-        scoring = load_scoring_net(rescore, config.keypoints.score_feature_dim).to(backend.device)
-    return BatchPipeline(config, backend, scoring, backend.device)
-
-
 def pipeline(plan: Plan, weights: Path) -> list[dict[str, Any]]:
     """The whole path (warp, network with flip, grouping, scoring) per image, as the service runs it."""
     backend = _backend(plan.model, weights, plan.device, half=plan.half)
-    pipe = _pipeline(plan.model, backend)
-    images = _images()
+    pipe = model_pipeline(plan.model, backend)
+    images = sample_images()
     rows = []
     for batch in plan.pipeline_batches:
         chunk = [images[i % len(images)] for i in range(batch)]
@@ -274,7 +253,7 @@ def service(plan: Plan, weights: Path) -> dict[str, Any]:
             url, proc = start_service(settings, sink, timeout_s=180)
         out["ready_s"] = round(time.monotonic() - start, 1)
         out["runtime"] = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]["runtime"]
-        payloads = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))] or [_jpeg(im) for im in _images()]
+        payloads = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))] or [_jpeg(im) for im in sample_images()]
         out["levels"] = []
         for clients, seconds in plan.load_levels:
             before = _batch_fill_counts(httpx.get(f"{url}/metrics", timeout=10).text)
@@ -308,27 +287,6 @@ def _jpeg(image: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", image[..., ::-1])[1].tobytes()
 
 
-def match_poses(reference: Any, other: Any) -> tuple[int, int]:
-    """Poses of ``reference`` with a pose of ``other`` whose median joint distance is under 0.5 px."""
-    if len(reference.keypoints) == 0 or len(other.keypoints) == 0:
-        return 0, len(reference.keypoints)
-    a = reference.keypoints[:, None, :, :2]
-    b = other.keypoints[None, :, :, :2]
-    distance = (a - b).norm(dim=-1).median(dim=-1).values  # (P_ref, P_other)
-    return int((distance.min(dim=1).values < 0.5).sum()), len(reference.keypoints)
-
-
-def _agreement_counts(reference: list[Any], other: list[Any]) -> dict[str, Any]:
-    matched = [match_poses(r, g) for r, g in zip(reference, other, strict=True)]
-    poses = sum(m[1] for m in matched)
-    return {
-        "poses": poses,
-        "within_half_pixel": sum(m[0] for m in matched) / max(1, poses),
-        "scenes_with_equal_counts": sum(len(r.scores) == len(g.scores) for r, g in zip(reference, other, strict=True)),
-        "scenes": len(reference),
-    }
-
-
 def agreement(plan: Plan) -> dict[str, Any]:
     """The device's float32 (and on CUDA float16) poses against the CPU's, on drawn scenes with the
     synthetic model: every pose the decoder returns (most of them near-zero candidates that a rounding
@@ -337,15 +295,15 @@ def agreement(plan: Plan) -> dict[str, Any]:
     from pose.config import load_model_config
 
     threshold = load_model_config(SYNTHETIC).test.score_threshold
-    scenes = _scenes(8 if plan.half else 2, (384, 512))
-    reference = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cpu")).run(scenes)[0]
+    scenes = drawn_scenes(8 if plan.half else 2, (384, 512))
+    reference = model_pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cpu")).run(scenes)[0]
     out = {}
     kinds = (("fp32", False), ("fp16", True)) if plan.half else (("fp32", False),)
     for precision, half in kinds:
         name = f"{plan.device.split(':')[0]}_{precision}"
-        got = _pipeline(SYNTHETIC, _backend(SYNTHETIC, None, plan.device, half=half)).run(scenes)[0]
-        out[name] = _agreement_counts(reference, got)
-        reported = _agreement_counts([r.above(threshold) for r in reference], [g.above(threshold) for g in got])
+        got = model_pipeline(SYNTHETIC, _backend(SYNTHETIC, None, plan.device, half=half)).run(scenes)[0]
+        out[name] = pose_agreement(reference, got)
+        reported = pose_agreement([r.above(threshold) for r in reference], [g.above(threshold) for g in got])
         out[name]["reported"] = {**reported, "score_threshold": threshold}
     return out
 
