@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,6 +118,11 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message, "request_id": request_id_var.get()}}
 
 
+def validation_details(errors: Sequence[Any]) -> str:
+    """Pydantic's errors as one line, ``where: what`` each: the message of a 422 and of a stream's bad option."""
+    return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors)
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     """Map our errors, validation errors and unknown routes to one JSON shape."""
 
@@ -125,8 +132,7 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
-        return JSONResponse(error_body("invalid_request", details), status_code=422)
+        return JSONResponse(error_body("invalid_request", validation_details(exc.errors())), status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -48,6 +48,7 @@ from service.errors import (
     ServiceError,
     ShuttingDownError,
     TooManyStreamsError,
+    validation_details,
 )
 from service.frames import Frame, FrameQueue
 from service.options import ResolvedOptions, StreamOptions, resolve_options
@@ -113,9 +114,7 @@ class Stream:
         try:
             options = StreamOptions.model_validate(params)
         except ValidationError as err:
-            raise InvalidOptionError(
-                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            ) from None
+            raise InvalidOptionError(validation_details(err.errors())) from None
         resolved = resolve_options(options, settings, service.config)
         tracker = PoseTracker(
             TrackerConfig(match=options.match, smoothing=options.smoothing), sigmas=service.config.keypoints.sigmas
