@@ -8,6 +8,11 @@ compared on the embedded model instead: each backend's poses on drawn scenes aga
 count, joints within 0.5 px), so a faster backend only counts when it gives the same poses.
 The authors' pipeline was timed on the same kind of machine (2 cores, the same weights and photos) when
 issue 21 was filed; those seconds per image are the reference the ratios use.
+
+The report also holds the arithmetic floor: the network's floating-point work per photo (counted by
+torch) over this machine's measured float32 peak (the best of a large convolution and a large matrix
+product), i.e. the fastest any float32 runtime could run the forward here, and so the best ratio to the
+authors that float32 inference can reach on this machine.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import typer
 
 from bench.common import ROOT, drawn_scenes, environment, model_pipeline, pose_agreement, sample_images, write_report
 from pose.config import DEFAULT_MODEL, load_model_config
+from pose.models.fold import fold_batch_norms
 from pose.models.hrnet import create_model
 from pose.pipeline import BatchPipeline
+from pose.preprocess import plan_transform
 from service.backends import create_backend
 from service.settings import Settings
 
@@ -42,6 +49,57 @@ def _seconds(pipeline: BatchPipeline, images: list[np.ndarray], flip: bool, roun
             pipeline.run([image], flip=flip)
             seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def network_gflop(model: torch.nn.Module, images: list[np.ndarray], input_size: int) -> float:
+    """Mean floating-point work of one forward per image, in GFLOP (a multiply-add counts 2), as torch counts
+    it (convolutions and matrix products; the bilinear sampling and elementwise ops are not counted, so
+    this is a lower bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    per_shape: dict[tuple[int, int], float] = {}
+    for image in images:
+        w, h = plan_transform(image.shape[1], image.shape[0], input_size).input_size
+        if (h, w) not in per_shape:
+            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+                model(torch.zeros(1, 3, h, w))
+            per_shape[h, w] = counter.get_total_flops() / 1e9
+    shapes = [plan_transform(im.shape[1], im.shape[0], input_size).input_size for im in images]
+    return statistics.fmean(per_shape[h, w] for w, h in shapes)
+
+
+def float32_peak_gflops(repeat: int = 5) -> float:
+    """The best float32 rate measured here: a 256-channel 3x3 convolution on a 128x192 map (oneDNN,
+    channels-last) and a 256x2304x24576 matrix product, each the fastest of ``repeat`` runs."""
+    x = torch.randn(1, 256, 128, 192).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(256, 256, 3, 3)
+    a, b = torch.randn(256, 2304), torch.randn(2304, 128 * 192)
+    work = 2 * 256 * 2304 * 128 * 192  # the same for both
+    best = 0.0
+    with torch.inference_mode():
+        for op in (lambda: torch.nn.functional.conv2d(x, weight, padding=1), lambda: a @ b):
+            op()
+            for _ in range(repeat):
+                start = time.perf_counter()
+                op()
+                best = max(best, work / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def arithmetic_floor(cfg: Any, images: list[np.ndarray]) -> dict[str, Any]:
+    """Seconds per image the forward(s) alone would take at the measured float32 peak, and the best ratio
+    to the authors that this allows (pre- and post-processing counted as free)."""
+    model = create_model(cfg).eval()
+    fold_batch_norms(model)
+    gflop = network_gflop(model, images, cfg.input.size)
+    peak = float32_peak_gflops()
+    floor = {flip: (2 if flip else 1) * gflop / peak for flip in (False, True)}
+    return {
+        "network_gflop_per_image": gflop,
+        "float32_peak_gflops": peak,
+        "network_floor_s_per_image": {str(f).lower(): s for f, s in floor.items()},
+        "best_possible_vs_authors": {str(f).lower(): AUTHORS_S_PER_IMAGE[f] / s for f, s in floor.items()},
+    }
 
 
 def _embedded_model_agreement(backends: list[str], cache: Path) -> dict[str, dict[str, Any]]:
@@ -93,6 +151,14 @@ def main(
                     f"{rows[-1]['vs_authors']:.2f}x the authors' {AUTHORS_S_PER_IMAGE[flip]} s"
                 )
         agreement = _embedded_model_agreement(backends, Path(tmp))
+    floor = arithmetic_floor(cfg, images)
+    print(
+        f"arithmetic floor: {floor['network_gflop_per_image']:.0f} GFLOP per forward at "
+        f"{floor['float32_peak_gflops']:.0f} GFLOP/s = {floor['network_floor_s_per_image']['false']:.2f} s "
+        f"({floor['network_floor_s_per_image']['true']:.2f} s with flip): at best "
+        f"{floor['best_possible_vs_authors']['false']:.2f}x / {floor['best_possible_vs_authors']['true']:.2f}x "
+        "the authors in float32"
+    )
     for name, numbers in agreement.items():
         print(
             f"{name}: {100 * numbers['within_half_pixel']:.1f}% of {numbers['poses']} poses as {backends[0]}'s, "
@@ -108,6 +174,7 @@ def main(
             "env": environment("cpu"),
             "rows": rows,
             "agreement_with_first_backend": agreement,
+            "arithmetic_floor": floor,
         },
     )
 

@@ -32,8 +32,11 @@ def offsets_to_keypoints(offsets: Tensor) -> Tensor:
     b, c, h, w = offsets.shape
     xs = torch.arange(w, device=offsets.device, dtype=offsets.dtype).view(1, 1, 1, w)
     ys = torch.arange(h, device=offsets.device, dtype=offsets.dtype).view(1, 1, h, 1)
-    off = offsets.view(b, c // 2, 2, h, w)
-    return torch.stack((xs - off[:, :, 0], ys - off[:, :, 1]), dim=2).view(b, c, h, w)
+    off = offsets.reshape(b, c // 2, 2, h, w)
+    joints = torch.empty_like(off)  # written in place: one pass over the maps, no stacked temporaries
+    torch.sub(xs, off[:, :, 0], out=joints[:, :, 0])
+    torch.sub(ys, off[:, :, 1], out=joints[:, :, 1])
+    return joints.view(b, c, h, w)
 
 
 def up_interpolate(x: Tensor, size: tuple[int, int]) -> Tensor:

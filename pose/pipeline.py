@@ -62,7 +62,12 @@ class BatchTimings:
 
 
 def _pad_to(x: Tensor, h: int, w: int) -> Tensor:
-    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+    return x if x.shape[-2:] == (h, w) else F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+
+
+def _stack_rows(rows: list[Tensor]) -> Tensor:
+    """Concatenate along the batch, without a copy for a batch of one (full-resolution maps on a CPU)."""
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
 class BatchPipeline:
@@ -150,8 +155,8 @@ class BatchPipeline:
             sizes = [tuple(o.heatmaps.shape[-2:]) for o in maps]
             h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
             padded |= any(s != (h, w) for s in sizes)
-            heat = torch.cat([_pad_to(o.heatmaps, h, w) for o in maps])
-            kpts = torch.cat([_pad_to(o.keypoints, h, w) for o in maps])
+            heat = _stack_rows([_pad_to(o.heatmaps, h, w) for o in maps])
+            kpts = _stack_rows([_pad_to(o.keypoints, h, w) for o in maps])
             batch_outputs.append(ScaleOutput(heat, kpts))
             map_sizes.append(torch.tensor(sizes, device=heat.device))
         one = scales.index(1.0)

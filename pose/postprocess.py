@@ -51,7 +51,7 @@ def fuse_scales(heatmaps: list[Tensor], base_size: tuple[int, int], map_sizes: l
             up = torch.gather(up, 2, rows.view(b, 1, hh, 1).expand(b, c, hh, ww))
             up = torch.gather(up, 3, cols.view(b, 1, 1, ww).expand(b, c, hh, ww))
         fused.append(up)
-    return torch.stack(fused).mean(0)
+    return fused[0] if len(fused) == 1 else torch.stack(fused).mean(0)
 
 
 def postprocess(
@@ -77,7 +77,8 @@ def postprocess(
         sticks: the scoring feature's sticks.
         base_sizes, map_sizes: valid sizes per image for padded batches (see :func:`group_poses`).
     """
-    fused = fuse_scales([o.heatmaps for o in outputs], input_size, map_sizes)
+    # Unpadded maps need no per-image border re-reads (two full-resolution gathers per scale).
+    fused = fuse_scales([o.heatmaps for o in outputs], input_size, map_sizes if base_sizes is not None else None)
     poses = group_poses(
         [o.heatmaps for o in outputs], [o.keypoints for o in outputs], fused, scales, cfg, base_sizes, map_sizes
     )

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
 from .conftest import ROOT
 
 
@@ -175,3 +179,18 @@ def test_cpu_pipeline_benchmark_times_each_backend_and_checks_their_poses_agree(
     agreement = report["agreement_with_first_backend"]["auto"]
     assert agreement["poses"] > 0 and agreement["within_half_pixel"] == 1.0
     assert agreement["scenes_with_equal_counts"] == agreement["scenes"]
+    floor = report["arithmetic_floor"]
+    assert floor["network_gflop_per_image"] > 0 and floor["float32_peak_gflops"] > 0
+    no_flip, flip = floor["network_floor_s_per_image"]["false"], floor["network_floor_s_per_image"]["true"]
+    assert flip == 2 * no_flip
+    # No measured run can beat the floor (it counts the forward alone at the best rate seen here).
+    assert rows["auto", False]["median_s_per_image"] > no_flip and rows["auto", True]["median_s_per_image"] > flip
+
+
+def test_network_work_is_counted_from_the_layers() -> None:
+    """The floor's GFLOP figure against a hand count: one 3x3 convolution is 2 * 9 * C_in * C_out * H * W."""
+    from bench.cpu_pipeline import network_gflop
+
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    image = np.zeros((64, 96, 3), np.uint8)  # short side 64 -> input 64x128 at input size 64 (long side to 64s)
+    assert network_gflop(conv, [image], 64) == pytest.approx(2 * 9 * 3 * 8 * 64 * 128 / 1e9)
