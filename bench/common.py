@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"
+# The COCO sample photos; POSE_BENCH_PHOTOS points elsewhere (a host that has the repository alone).
+PHOTOS = Path(os.environ.get("POSE_BENCH_PHOTOS", ROOT.parent / "shared" / "data" / "coco_sample" / "mmpose"))
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def kernel_tests() -> dict[str, Any]:
     tests = ["tests/test_triton_kernel.py", "tests/test_cuda_graphs.py", "tests/test_backends.py", "tests/test_fold.py"]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        # A test file that cannot be collected (a package missing on the GPU host) must not cancel the others.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", *tests],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -387,6 +388,7 @@ def main(
         "environment": environment(plan.device),
         "plan": {"model": plan.model.name, "size": plan.size, "device": plan.device, "smoke": smoke},
     }
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         weights = _seed_weights(plan.model, Path(tmp))
         sections: list[tuple[str, Callable[[], Any]]] = [
@@ -399,10 +401,14 @@ def main(
         for name, fn in sections:
             if name not in skip:
                 _section(report, name, fn)
-    out.mkdir(parents=True, exist_ok=True)
+                _write(out, report)  # after every section: a run cut short keeps what it measured
+    _write(out, report)
+    typer.echo(markdown(report))
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
     write_report(out / "report.json", report)
     (out / "report.md").write_text(markdown(report))
-    typer.echo(markdown(report))
 
 
 if __name__ == "__main__":

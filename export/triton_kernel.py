@@ -57,7 +57,7 @@ def adaptive_conv_kernel(
 ):
     pid_p = tl.program_id(0)
     pid_o = tl.program_id(1)
-    b = tl.program_id(2)
+    b = tl.program_id(2).to(tl.int64)  # image offsets pass 2**31 elements for large batches of wide inputs
     hw = H * W
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < hw

@@ -10,6 +10,7 @@ graphs are dropped when the memory budget is reached.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -71,6 +72,10 @@ def capture_cuda_graph(network: Network, example: Tensor) -> CapturedGraph:
             network(inputs)
     torch.cuda.current_stream(device).wait_stream(stream)
     torch.cuda.synchronize(device)
+    # Recording starts by emptying the allocator's cache; empty it first, or the warm-up's freed
+    # activations count in ``before`` and the graph's pool is measured as (nearly) nothing.
+    gc.collect()
+    torch.cuda.empty_cache()
     before = torch.cuda.memory_reserved(device)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.inference_mode():
@@ -135,15 +140,23 @@ class GraphedNetwork:
         if graph is not None:
             self.graphs.move_to_end(key)
             return graph
-        while self.graphs and self.memory_bytes >= self.memory_budget_bytes:
-            dropped, _ = self.graphs.popitem(last=False)
-            self.evictions += 1
-            log.info("dropped the CUDA graph for batch %d at %dx%d (memory budget)", *dropped)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # hand the dropped graph's pool back to the driver
         example = _zeros_like_rows(x, bucket)
         example[: x.shape[0]] = x
         graph = self.capture(self.network, example)
         self.graphs[key] = graph
         log.info("recorded a CUDA graph for batch %d at %dx%d (%.0f MB)", *key, graph.nbytes / 2**20)
+        self._evict_over_budget()
         return graph
+
+    def _evict_over_budget(self) -> None:
+        """Drop the least recently used graphs until the rest fit the budget; the newest always stays.
+
+        A graph's size is only known once it is recorded, so the budget is enforced right after.
+        """
+        while len(self.graphs) > 1 and self.memory_bytes > self.memory_budget_bytes:
+            dropped_key, dropped = self.graphs.popitem(last=False)
+            del dropped  # the last reference: its memory pool can now be released
+            self.evictions += 1
+            log.info("dropped the CUDA graph for batch %d at %dx%d (memory budget)", *dropped_key)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # hand the dropped graph's pool back to the driver

@@ -122,6 +122,20 @@ def test_gpu_check_refuses_without_a_gpu_and_renders_its_report() -> None:
     assert match_poses(poses([[10, 10], [50, 50]]), poses([[10.6, 10]])) == (0, 2)
 
 
+def test_gpu_check_keeps_finished_sections_when_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import gpu
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # what a run stopped at its time limit sees
+
+    monkeypatch.setattr(gpu, "service", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(out=tmp_path, skip=["pipeline"], smoke=True)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["network"] and "service" not in report and "agreement" not in report
+    assert "network" in (tmp_path / "report.md").read_text()
+
+
 def test_gpu_check_smoke_run_fills_every_section(tmp_path: Path) -> None:
     """The same script, small, on the CPU: a GPU session's few minutes are not spent on its bugs."""
     run_module("bench.gpu", "--smoke", "--out", str(tmp_path))
