@@ -48,6 +48,10 @@ GPU_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("fp32 eager, torch op", {"half": False, "adaptive_conv": "torch", "cuda_graphs": False}),
     ("fp16 eager, fused kernel", {"half": True, "adaptive_conv": "auto", "cuda_graphs": False}),
     ("fp16 CUDA graphs, fused kernel (service default)", {"half": True, "adaptive_conv": "auto", "cuda_graphs": True}),
+    (
+        "fp16 body, fp32 heads, CUDA graphs, fused kernel",
+        {"half": True, "float32_heads": True, "adaptive_conv": "auto", "cuda_graphs": True},
+    ),
 ]
 
 
@@ -299,10 +303,12 @@ def agreement(plan: Plan) -> dict[str, Any]:
     scenes = drawn_scenes(8 if plan.half else 2, (384, 512))
     reference = model_pipeline(SYNTHETIC, _backend(SYNTHETIC, None, "cpu")).run(scenes)[0]
     out = {}
-    kinds = (("fp32", False), ("fp16", True)) if plan.half else (("fp32", False),)
-    for precision, half in kinds:
+    kinds: list[tuple[str, dict[str, bool]]] = [("fp32", {})]
+    if plan.half:
+        kinds += [("fp16", {"half": True}), ("fp16_fp32_heads", {"half": True, "float32_heads": True})]
+    for precision, options in kinds:
         name = f"{plan.device.split(':')[0]}_{precision}"
-        got = model_pipeline(SYNTHETIC, _backend(SYNTHETIC, None, plan.device, half=half)).run(scenes)[0]
+        got = model_pipeline(SYNTHETIC, _backend(SYNTHETIC, None, plan.device, **options)).run(scenes)[0]
         out[name] = pose_agreement(reference, got)
         reported = pose_agreement([r.above(threshold) for r in reference], [g.above(threshold) for g in got])
         out[name]["reported"] = {**reported, "score_threshold": threshold}

@@ -108,7 +108,9 @@ class RuntimeInfo(BaseModel):
     backend_fallback: str | None = Field(
         None, description="why the automatic choice kept torch on a CPU instead of ONNX Runtime"
     )
-    precision: str = Field(description="network precision: float32, float16 or bfloat16")
+    precision: str = Field(
+        description="network precision: float32, float16 or bfloat16; 'float16 (float32 heads)' with POSE_FLOAT32_HEADS"
+    )
     adaptive_conv: str | None = Field(None, description="adaptive-conv implementation of the torch backend")
     adaptive_conv_fallback: str | None = Field(
         None, description="why the fused kernel was wanted but is not in use (its start-up check failed)"

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     )
     device: str = "cpu"
     half: bool = Field(False, description="float16 network on CUDA")
+    float32_heads: bool = Field(
+        False,
+        description="with half: the heatmap and regression heads in float32 around the float16 backbone "
+        "(poses closer to float32's, at the regression head's float32 cost)",
+    )
     adaptive_conv: Literal["auto", "torch", "triton"] = Field(
         "auto",
         description="adaptive-conv implementation of the torch backend (auto: the Triton kernel on CUDA if it "
@@ -102,6 +107,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.half and not self.device.startswith("cuda"):
             raise ValueError("half precision needs a CUDA device")
+        if self.float32_heads and not self.half:
+            raise ValueError("float32_heads applies to a float16 network: set half too")
         if self.scales is not None:
             check_scales(self.scales)
         if self.max_request_pixels > self.max_inflight_pixels:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,54 @@ def test_low_precision_body_returns_float32_outputs_from_float32_output_layers()
         float32_output_layers(model)
         got = model(x.to(torch.bfloat16))
     assert got.heatmaps.dtype == got.offsets.dtype == torch.float32
-    assert all(conv.conv.weight.dtype == torch.float32 for conv in model.final_layers)
+    assert all(conv.module.weight.dtype == torch.float32 for conv in model.final_layers)
     for a, b in zip(got, want, strict=True):
         if b is not None:
             torch.testing.assert_close(a, b, atol=0.05 * float(b.abs().max()), rtol=0.05)
+
+
+@pytest.mark.parametrize("config", ["tiny_coco_w8_256.yaml", "tiny_coco_2x_w8_256.yaml"])
+def test_float32_heads_keep_the_heads_in_float32_and_come_closer_to_float32(config: str) -> None:
+    """bfloat16 stands in for float16 on a CPU: with float32 heads only the backbone rounds."""
+    from pose.config import load_model_config
+    from pose.models.hrnet import create_model
+    from service.backends import float32_heads, float32_output_layers, low_precision
+
+    from .conftest import FIXTURES
+
+    torch.manual_seed(0)
+    reference = create_model(load_model_config(FIXTURES / config)).eval()
+    x = torch.rand(1, 3, 128, 128)
+    errors = {}
+    with torch.inference_mode():
+        # The same backbone features everywhere (rounded to bfloat16 once), so only the heads differ.
+        features = reference.backbone(x).to(torch.bfloat16)
+        reference.backbone = lambda _: features.float()  # type: ignore[method-assign,assignment]
+        want = reference(x)
+        for heads_in_float32 in (False, True):
+            model = copy.deepcopy(reference)
+            model.backbone = lambda _: features  # type: ignore[method-assign,assignment]
+            float32_output_layers(model)
+            if heads_in_float32:
+                float32_heads(model)
+            low_precision(model, torch.bfloat16)
+            got = model(x.to(torch.bfloat16))
+            assert got.heatmaps.dtype == got.offsets.dtype == torch.float32
+            errors[heads_in_float32] = sum(
+                float((a - b).abs().mean()) for a, b in zip(got, want, strict=True) if b is not None
+            )
+    assert model.conv1.weight.dtype == torch.bfloat16  # the backbone is low precision
+    # The heads' float32 weights are the reference's own, never rounded to bfloat16 and back.
+    assert torch.equal(model.transition_reg.module[0].weight, reference.transition_reg[0].weight)
+    heads = [model.transition_cls, model.transition_reg, *model.multi_level_layers_4x_heatmap]
+    heads += list(model.multi_level_layers_4x_regression)
+    assert all(p.dtype == torch.float32 for head in heads for p in head.parameters())
+    assert errors[True] < errors[False] / 2
+
+
+def test_float32_heads_need_a_float16_network() -> None:
+    with pytest.raises(ValueError, match="float32_heads"):
+        Settings(model=MODEL, float32_heads=True)
 
 
 @pytest.fixture(scope="module")

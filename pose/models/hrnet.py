@@ -304,9 +304,11 @@ class PoseHRNet(nn.Module):
             [final_heat(layer(cls)) for layer in self.multi_level_layers_4x_heatmap]
         )  # (3, B, K, H, W)
         heat_mean = branches.mean(dim=0)  # (B, K, H, W): the regression head's guidance in both variants
-        # The guidance joins the features in their precision (the heads may run in float32 around a
-        # float16 body).
-        guidance = heat_mean.to(features.dtype)
+        # The guidance joins the features in the regression head's precision: float16 around a float16
+        # body, float32 when the heads run in float32 around it (the heatmaps are not rounded then).
+        head_dtype = next(self.transition_reg.parameters()).dtype
+        guidance = heat_mean.to(head_dtype)
+        features = features.to(head_dtype)
         guided = torch.cat([features, guidance], dim=1) if self.arch.heatmap_guidance else features
         reg = self.transition_reg(guided)
         reg = self.final_layers[1](self.multi_level_layers_4x_regression[0](reg))  # (B, 2K + 1, H, W)
