@@ -28,7 +28,10 @@ class ScaleOutput:
 
 
 def offsets_to_keypoints(offsets: Tensor) -> Tensor:
-    """(B, 2K, h, w) offsets (pixel - joint) to absolute joint positions ``pixel - offset``."""
+    """(B, 2K, h, w) offsets (pixel - joint) to absolute joint positions ``pixel - offset``.
+
+    For inference: written in place into one output, so it does not record gradients.
+    """
     b, c, h, w = offsets.shape
     xs = torch.arange(w, device=offsets.device, dtype=offsets.dtype).view(1, 1, 1, w)
     ys = torch.arange(h, device=offsets.device, dtype=offsets.dtype).view(1, 1, h, 1)

@@ -83,6 +83,10 @@ class TorchBackend:
         self.model = model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed shapes per graph: let cuDNN time its algorithms
+            if settings.float32_heads:
+                # cuDNN rounds float32 convolutions to TensorFloat-32 (float16's 10-bit mantissa) by
+                # default, which would undo the float32 heads; the float16 backbone is unaffected.
+                torch.backends.cudnn.allow_tf32 = False
         # The adaptive convolutions live in the heads: they run in the heads' precision.
         heads_dtype = torch.float32 if settings.float32_heads else self.dtype
         self.adaptive_conv, fallback = select_adaptive_conv(settings.adaptive_conv, self.device, heads_dtype)
@@ -250,7 +254,7 @@ def float32_heads(model: PoseHRNet) -> None:
     :func:`float32_output_layers`, before :func:`low_precision`).
 
     Rounding inside the heads is what moves poses most: the embedded model's poses on drawn scenes agreed
-    with float32 to 95.5% (counts equal on 5 of 8 scenes) with float16 heads and to 98.5% (8 of 8) with
+    with float32 to 95.5% (counts equal on 4 of 8 scenes) with float16 heads and to 98.0% (7 of 8) with
     float32 heads, in a CPU preview (docs/performance.md). The price is the regression head's two
     256-channel adaptive convolutions at float32 rate. Weights shared by the heatmap branches stay shared.
     """

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
             raise ValueError("half precision needs a CUDA device")
         if self.float32_heads and not self.half:
             raise ValueError("float32_heads applies to a float16 network: set half too")
+        if self.float32_heads and self.backend in ("onnx", "tensorrt"):
+            raise ValueError("float32_heads applies to the torch backend (auto on CUDA), not to onnx or tensorrt")
         if self.scales is not None:
             check_scales(self.scales)
         if self.max_request_pixels > self.max_inflight_pixels:

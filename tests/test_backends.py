@@ -155,6 +155,9 @@ def test_float32_heads_keep_the_heads_in_float32_and_come_closer_to_float32(conf
 def test_float32_heads_need_a_float16_network() -> None:
     with pytest.raises(ValueError, match="float32_heads"):
         Settings(model=MODEL, float32_heads=True)
+    with pytest.raises(ValueError, match="float32_heads"):
+        Settings(model=MODEL, device="cuda", half=True, float32_heads=True, backend="tensorrt")
+    assert Settings(model=MODEL, device="cuda", half=True, float32_heads=True).float32_heads
 
 
 @pytest.fixture(scope="module")

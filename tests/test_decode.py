@@ -114,6 +114,49 @@ def test_random_multiscale_outputs_match_the_loop_reference() -> None:
     assert_same_as_reference(heat, kpts, list(sizes), DecodeConfig(refine=False))
 
 
+def _up_interpolate_loop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """SPEC §3.3 with loops: bilinear, align_corners=True, to ``size - s + 1``, then replicate ``s - 1``."""
+    c, h, w = x.shape
+    sh, sw = int(size[0] / h), int(size[1] / w)
+    oh, ow = size[0] - sh + 1, size[1] - sw + 1
+    out = np.zeros((c, size[0], size[1]), np.float64)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            y = min(i, oh - 1) * (h - 1) / max(oh - 1, 1)
+            x_ = min(j, ow - 1) * (w - 1) / max(ow - 1, 1)
+            y0, x0 = min(int(y), h - 2) if h > 1 else 0, min(int(x_), w - 2) if w > 1 else 0
+            ly, lx = y - y0, x_ - x0
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            out[:, i, j] = (
+                (1 - ly) * (1 - lx) * x[:, y0, x0]
+                + (1 - ly) * lx * x[:, y0, x1]
+                + ly * (1 - lx) * x[:, y1, x0]
+                + ly * lx * x[:, y1, x1]
+            )
+    return out
+
+
+def test_unpadded_fusion_at_scales_that_do_not_divide_the_input_is_the_authors_mean() -> None:
+    """A 0.75 map (12x18 under a 64x96 input, ratio 5.33) is upsampled as the authors do, nothing clamped."""
+    rng = np.random.default_rng(3)
+    maps = [rng.random((K + 1, 16, 24), np.float32), rng.random((K + 1, 12, 18), np.float32)]
+    got = fuse_scales([torch.from_numpy(m)[None] for m in maps], (64, 96))[0].numpy()
+    want = np.mean([_up_interpolate_loop(m, (64, 96)) for m in maps], axis=0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_multiscale_outputs_at_a_non_dividing_scale_match_the_loop_reference() -> None:
+    rng = np.random.default_rng(6)
+    heat, kpts = [], []
+    for s, (h, w) in {1.0: (16, 24), 0.75: (12, 18)}.items():
+        heat.append(
+            (rng.normal(0, 0.2, (K + 1, h, w)) + 0.5 * gaussian(h, w, w / 2, h / 2, 2.0 * s)).astype(np.float32)
+        )
+        grid = np.mgrid[0:h, 0:w][::-1].repeat(K, 0).reshape(2 * K, h, w)
+        kpts.append((grid + rng.normal(0, 3, (2 * K, h, w))).astype(np.float32))
+    assert_same_as_reference(heat, kpts, [1.0, 0.75], DecodeConfig(refine=False))
+
+
 def test_two_people_far_apart_are_found_at_their_joints() -> None:
     a, b = person(12, 12, 6, 1), person(44, 20, 6, 2)
     heat, kpts = scene([a, b], 32, 56)

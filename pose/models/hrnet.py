@@ -307,6 +307,8 @@ class PoseHRNet(nn.Module):
         # The guidance joins the features in the regression head's precision: float16 around a float16
         # body, float32 when the heads run in float32 around it (the heatmaps are not rounded then).
         head_dtype = next(self.transition_reg.parameters()).dtype
+        if torch.is_autocast_enabled(features.device.type):
+            head_dtype = features.dtype  # mixed-precision training: autocast picks the convolutions' type
         guidance = heat_mean.to(head_dtype)
         features = features.to(head_dtype)
         guided = torch.cat([features, guidance], dim=1) if self.arch.heatmap_guidance else features
