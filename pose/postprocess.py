@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pose.config import DecodeConfig
@@ -33,11 +34,24 @@ class PoseBatch:
     valid: Tensor  # (B, P) bool
 
 
-def fuse_scales(heatmaps: list[Tensor], base_size: tuple[int, int], map_sizes: list[Tensor] | None = None) -> Tensor:
+def fuse_scales(
+    heatmaps: list[Tensor],
+    base_size: tuple[int, int],
+    map_sizes: list[Tensor] | None = None,
+    base_sizes: Tensor | None = None,
+) -> Tensor:
     """Mean of every scale's heatmaps brought to the scale-1 input size, per-image exact under padding.
 
     ``up_interpolate`` replicates each map's last row and column; in a padded batch an image's last
-    valid row is not the tensor's, so those rows are re-read from the image's own last valid pixel.
+    valid row is not the tensor's, so those rows are re-read from the image's own last valid pixel. That
+    holds while every image's input is its map times the batch's integer ratio (scales 2, 1, 0.5); at other
+    scales (0.75: 96 map rows under 512) each image has its own ratio, and its maps are upsampled alone.
+
+    Args:
+        heatmaps: per scale, Tensor[B, C, h_s, w_s], padded at right and bottom.
+        base_size: (H, W) of the scale-1 input batch.
+        map_sizes: per scale, Tensor[B, 2] valid (h_s, w_s) of each image; None when nothing is padded.
+        base_sizes: Tensor[B, 2] valid (H, W) of each image's scale-1 input (with ``map_sizes``).
     """
     fused = []
     per_scale: list[Tensor | None] = list(map_sizes) if map_sizes is not None else [None] * len(heatmaps)
@@ -46,12 +60,25 @@ def fuse_scales(heatmaps: list[Tensor], base_size: tuple[int, int], map_sizes: l
         if sizes is not None:
             b, c, hh, ww = up.shape
             s_h, s_w = hh // heat.shape[-2], ww // heat.shape[-1]
+            ratio = torch.tensor([s_h, s_w], device=sizes.device)
+            if base_sizes is not None and not bool((base_sizes == sizes * ratio).all()):
+                fused.append(_up_interpolate_each(heat, sizes, base_sizes, (hh, ww)))
+                continue
             rows = torch.arange(hh, device=up.device).view(1, hh).minimum((sizes[:, 0:1] - 1) * s_h)  # (B, H)
             cols = torch.arange(ww, device=up.device).view(1, ww).minimum((sizes[:, 1:2] - 1) * s_w)
             up = torch.gather(up, 2, rows.view(b, 1, hh, 1).expand(b, c, hh, ww))
             up = torch.gather(up, 3, cols.view(b, 1, 1, ww).expand(b, c, hh, ww))
         fused.append(up)
     return fused[0] if len(fused) == 1 else torch.stack(fused).mean(0)
+
+
+def _up_interpolate_each(heat: Tensor, sizes: Tensor, base_sizes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Each image's valid map upsampled to its own input size, then padded (replicated) to ``size``."""
+    out = []
+    for i, ((h, w), (hb, wb)) in enumerate(zip(sizes.tolist(), base_sizes.tolist(), strict=True)):
+        up = up_interpolate(heat[i : i + 1, :, :h, :w], (hb, wb))
+        out.append(F.pad(up, (0, size[1] - wb, 0, size[0] - hb), mode="replicate"))
+    return torch.cat(out)
 
 
 def postprocess(
@@ -78,7 +105,8 @@ def postprocess(
         base_sizes, map_sizes: valid sizes per image for padded batches (see :func:`group_poses`).
     """
     # Unpadded maps need no per-image border re-reads (two full-resolution gathers per scale).
-    fused = fuse_scales([o.heatmaps for o in outputs], input_size, map_sizes if base_sizes is not None else None)
+    padded = base_sizes is not None
+    fused = fuse_scales([o.heatmaps for o in outputs], input_size, map_sizes if padded else None, base_sizes)
     poses = group_poses(
         [o.heatmaps for o in outputs], [o.keypoints for o in outputs], fused, scales, cfg, base_sizes, map_sizes
     )

@@ -13,7 +13,10 @@ from .scenes import needs_embedded_model
 
 
 @needs_embedded_model
-def test_mixed_size_batch_equals_one_at_a_time() -> None:
+@pytest.mark.parametrize("scales", [None, [1.0, 0.75]], ids=["default", "non-dividing-scale"])
+def test_mixed_size_batch_equals_one_at_a_time(scales: list[float] | None) -> None:
+    """Also at a scale whose maps do not divide the input (0.75: 96 rows under 512), where each image's
+    upsampling has its own ratio."""
     est = PoseEstimator.from_config(DEFAULT_MODEL)
     sizes = [(425, 640), (640, 425), (256, 256), (300, 500), (500, 300)]  # (H, W)
     rng = np.random.default_rng(5)
@@ -21,10 +24,10 @@ def test_mixed_size_batch_equals_one_at_a_time() -> None:
         render_scene(rng, SceneConfig(size=size, people=(2, 4), height=(0.4, 0.9)))[0][..., ::-1] for size in sizes
     ]
     assert len({est.pipeline.run([im], refine=False)[1].shapes[0] for im in images}) >= 3  # several input shapes
-    batch, timings = est.pipeline.run(images, refine=False)
+    batch, timings = est.pipeline.run(images, scales=scales, refine=False)
     assert len(timings.shapes) >= 3
     for image, got in zip(images, batch, strict=True):
-        alone = est.predict(image, refine=False, min_score=0)
+        alone = est.predict(image, scales, refine=False, min_score=0)
         assert got.keypoints.shape == alone.keypoints.shape
         np.testing.assert_allclose(got.keypoints.numpy(), alone.keypoints.numpy(), atol=1e-4)
         np.testing.assert_allclose(got.scores.numpy(), alone.scores.numpy(), atol=1e-5)
