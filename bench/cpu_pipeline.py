@@ -57,15 +57,13 @@ def network_gflop(model: torch.nn.Module, images: list[np.ndarray], input_size: 
     this is a lower bound)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    shapes = [plan_transform(im.shape[1], im.shape[0], input_size).input_size for im in images]  # (W, H)
     per_shape: dict[tuple[int, int], float] = {}
-    for image in images:
-        w, h = plan_transform(image.shape[1], image.shape[0], input_size).input_size
-        if (h, w) not in per_shape:
-            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-                model(torch.zeros(1, 3, h, w))
-            per_shape[h, w] = counter.get_total_flops() / 1e9
-    shapes = [plan_transform(im.shape[1], im.shape[0], input_size).input_size for im in images]
-    return statistics.fmean(per_shape[h, w] for w, h in shapes)
+    for w, h in set(shapes):
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, h, w))
+        per_shape[w, h] = counter.get_total_flops() / 1e9
+    return statistics.fmean(per_shape[shape] for shape in shapes)
 
 
 def float32_peak_gflops(repeat: int = 5) -> float:

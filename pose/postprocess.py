@@ -55,19 +55,22 @@ def fuse_scales(
     """
     fused = []
     per_scale: list[Tensor | None] = list(map_sizes) if map_sizes is not None else [None] * len(heatmaps)
+    hh, ww = base_size
     for heat, sizes in zip(heatmaps, per_scale, strict=True):
+        if sizes is None:
+            fused.append(up_interpolate(heat, base_size))
+            continue
+        s_h, s_w = hh // heat.shape[-2], ww // heat.shape[-1]
+        ratio = torch.tensor([s_h, s_w], device=sizes.device)
+        if base_sizes is not None and not bool((base_sizes == sizes * ratio).all()):
+            fused.append(_up_interpolate_each(heat, sizes, base_sizes, base_size))
+            continue
         up = up_interpolate(heat, base_size)
-        if sizes is not None:
-            b, c, hh, ww = up.shape
-            s_h, s_w = hh // heat.shape[-2], ww // heat.shape[-1]
-            ratio = torch.tensor([s_h, s_w], device=sizes.device)
-            if base_sizes is not None and not bool((base_sizes == sizes * ratio).all()):
-                fused.append(_up_interpolate_each(heat, sizes, base_sizes, (hh, ww)))
-                continue
-            rows = torch.arange(hh, device=up.device).view(1, hh).minimum((sizes[:, 0:1] - 1) * s_h)  # (B, H)
-            cols = torch.arange(ww, device=up.device).view(1, ww).minimum((sizes[:, 1:2] - 1) * s_w)
-            up = torch.gather(up, 2, rows.view(b, 1, hh, 1).expand(b, c, hh, ww))
-            up = torch.gather(up, 3, cols.view(b, 1, 1, ww).expand(b, c, hh, ww))
+        b, c = up.shape[:2]
+        rows = torch.arange(hh, device=up.device).view(1, hh).minimum((sizes[:, 0:1] - 1) * s_h)  # (B, H)
+        cols = torch.arange(ww, device=up.device).view(1, ww).minimum((sizes[:, 1:2] - 1) * s_w)
+        up = torch.gather(up, 2, rows.view(b, 1, hh, 1).expand(b, c, hh, ww))
+        up = torch.gather(up, 3, cols.view(b, 1, 1, ww).expand(b, c, hh, ww))
         fused.append(up)
     return fused[0] if len(fused) == 1 else torch.stack(fused).mean(0)
 
