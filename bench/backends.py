@@ -16,7 +16,7 @@ from bench.common import environment, time_call, write_report
 from export.onnx_export import export_onnx
 from pose.config import load_model_config
 from pose.models.hrnet import create_model
-from service.backends import OnnxRuntimeBackend
+from pose.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,6 +32,11 @@ def environment(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
+    for module in ("cv2", "scipy", "onnxruntime"):  # the other libraries the numbers depend on (README, Versions)
+        try:
+            env[module] = __import__(module).__version__
+        except ImportError:
+            env[module] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
@@ -112,11 +117,10 @@ def sample_images() -> list[np.ndarray]:
 
 
 def drawn_scenes(n: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """``n`` seeded synthetic scenes (RGB) of 2-6 drawn people, the embedded model's kind of image."""
-    from pose.data.synthetic import SceneConfig, render_scene
+    """``n`` seeded synthetic scenes (RGB) of 2-6 drawn people: the scenes the runtimes' start-up check uses."""
+    from pose.runtimes.agreement import drawn_scenes as scenes
 
-    rng = np.random.default_rng(0)
-    return [render_scene(rng, SceneConfig(size=size, people=(2, 6)))[0][..., ::-1].copy() for _ in range(n)]
+    return scenes(n, size)
 
 
 def model_pipeline(model: Path, backend: Any) -> Any:
@@ -135,22 +139,14 @@ def model_pipeline(model: Path, backend: Any) -> Any:
 
 def match_poses(reference: Any, other: Any) -> tuple[int, int]:
     """Poses of ``reference`` with a pose of ``other`` whose median joint distance is under 0.5 px."""
-    if len(reference.keypoints) == 0 or len(other.keypoints) == 0:
-        return 0, len(reference.keypoints)
-    a = reference.keypoints[:, None, :, :2]
-    b = other.keypoints[None, :, :, :2]
-    distance = (a - b).norm(dim=-1).median(dim=-1).values  # (P_ref, P_other)
-    return int((distance.min(dim=1).values < 0.5).sum()), len(reference.keypoints)
+    from pose.runtimes.agreement import match_poses as match
+
+    return match(reference, other)
 
 
 def pose_agreement(reference: list[Any], other: list[Any]) -> dict[str, Any]:
     """How many of the reference's poses the other run reproduces within 0.5 px, image by image, and on how
     many images the two give the same number of poses."""
-    matched = [match_poses(r, g) for r, g in zip(reference, other, strict=True)]
-    poses = sum(m[1] for m in matched)
-    return {
-        "poses": poses,
-        "within_half_pixel": sum(m[0] for m in matched) / max(1, poses),
-        "scenes_with_equal_counts": sum(len(r.scores) == len(g.scores) for r, g in zip(reference, other, strict=True)),
-        "scenes": len(reference),
-    }
+    from pose.runtimes.agreement import pose_agreement as agreement
+
+    return agreement(reference, other).as_dict()

@@ -133,11 +133,10 @@ def _seed_weights(model: Path, folder: Path) -> Path:
 
 def _backend(model: Path, weights: Path | None, device: str, **options: Any) -> Any:
     from pose.config import load_model_config
-    from service.backends import TorchBackend
-    from service.settings import Settings
+    from pose.runtimes import RuntimeOptions
+    from pose.runtimes.torch_backend import TorchBackend
 
-    settings = Settings(model=model, weights=weights, device=device, **options)
-    return TorchBackend(load_model_config(model), settings)
+    return TorchBackend(load_model_config(model), RuntimeOptions(weights=weights, device=device, **options))
 
 
 def network(plan: Plan, weights: Path) -> list[dict[str, Any]]:

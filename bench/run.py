@@ -85,7 +85,7 @@ def network_rows(
         import tempfile
 
         from export.onnx_export import export_onnx
-        from service.backends import OnnxRuntimeBackend
+        from pose.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
         path = Path(tempfile.mkdtemp()) / "model.onnx"
         export_onnx(net.cpu(), path, "portable", size)

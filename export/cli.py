@@ -65,7 +65,7 @@ def verify(
     from export.verify import compare
     from pose.pipeline import Network
     from pose.preprocess import image_to_tensor, plan_transform, resize_image
-    from service.backends import OnnxRuntimeBackend
+    from pose.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
     est = _load(model, weights)
     cfg = est.config
@@ -76,7 +76,7 @@ def verify(
         )
     candidates: dict[str, Network] = {"onnxruntime": OnnxRuntimeBackend(path, cfg.keypoints.num_keypoints)}
     if engine is not None:
-        from service.backends import TensorRTBackend
+        from pose.runtimes.tensorrt_backend import TensorRTBackend
 
         candidates["tensorrt"] = TensorRTBackend(engine, cfg.keypoints.num_keypoints)
     pictures = [est.read_image(p) for p in images]

@@ -1,6 +1,7 @@
 """Three-line Python API: load a model from ``model_repo/<name>``, run it on an image, get poses.
 
 >>> est = PoseEstimator.from_repo("model_repo/hrnet_w32_coco_512")   # doctest: +SKIP
+>>> est.runtime.backend  # 'onnx' on a CPU once it matched torch (backend="torch" forces torch)  # doctest: +SKIP
 >>> poses = est.predict(est.read_image("people.jpg"))                  # doctest: +SKIP
 >>> poses.keypoints.shape  # (P, K, 3): x, y, score in image pixels    # doctest: +SKIP
 >>> for frame, people in est.track_video("clip.mp4"):                   # doctest: +SKIP
@@ -21,13 +22,22 @@ import torch
 from torch import Tensor
 
 from pose.checkpoint import load_weights
-from pose.config import ModelConfig, check_scales, load_model_config
+from pose.config import DEFAULT_MODEL, ModelConfig, check_scales, load_model_config
 from pose.errors import ImageReadError, MissingCheckpointError
 from pose.inference import ScaleOutput, flip_test
 from pose.models.hrnet import PoseHRNet, create_model
 from pose.pipeline import BatchPipeline, PoseResult
 from pose.preprocess import ImageTransform, image_to_tensor, plan_transform, resize_image
 from pose.rescore import ScoringNet, load_scoring_net
+from pose.runtimes import (
+    Backend,
+    BackendName,
+    Precision,
+    RuntimeOptions,
+    RuntimeReport,
+    create_backend,
+    describe_runtime,
+)
 from pose.tracking import PoseTracker, TrackedPoses, TrackerConfig
 from pose.video import VideoFrame, iter_frames
 
@@ -46,16 +56,28 @@ class RawOutput:
 
 
 class PoseEstimator:
-    """A loaded model with its scoring net, configuration and device."""
+    """A loaded model with its scoring net, configuration, device and network runtime.
+
+    ``model`` is the torch network as loaded (exports and training read it); ``backend`` is what runs it
+    for :meth:`predict` and :meth:`raw`. Built with :meth:`from_config`, the backend is the same ``auto``
+    choice as the CLI, bulk jobs and the service make: ONNX Runtime on a CPU once it has matched torch.
+    Built directly without one, the module itself runs (a model being trained is evaluated that way).
+    """
 
     def __init__(
-        self, config: ModelConfig, model: PoseHRNet, scoring_net: ScoringNet | None, device: str | torch.device
+        self,
+        config: ModelConfig,
+        model: PoseHRNet,
+        scoring_net: ScoringNet | None,
+        device: str | torch.device,
+        backend: Backend | None = None,
     ):
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.scoring_net = scoring_net.to(self.device) if scoring_net is not None else None
-        self.pipeline = BatchPipeline(config, self.model, self.scoring_net, self.device)
+        self.backend: Backend | PoseHRNet = backend if backend is not None else self.model
+        self.pipeline = BatchPipeline(config, self.backend, self.scoring_net, self.device)
 
     @classmethod
     def from_config(
@@ -64,8 +86,16 @@ class PoseEstimator:
         weights: str | Path | None = None,
         rescore_weights: str | Path | None = None,
         device: str | torch.device = "cpu",
+        backend: BackendName = "auto",
+        precision: Precision = "float32",
+        **runtime: Any,
     ) -> PoseEstimator:
-        """Build from a config (file, folder or object); weights default to the config's artifacts."""
+        """Build from a config (file, folder or object); weights default to the config's artifacts.
+
+        ``backend`` and ``precision`` choose the runtime as ``pose predict --backend/--precision`` and the
+        service's ``POSE_BACKEND``/``POSE_PRECISION`` do; ``runtime`` takes the other fields of
+        :class:`~pose.runtimes.RuntimeOptions` (``onnx_cache=``, ``half=``, ``calibration_images=``, ...).
+        """
         cfg = config if isinstance(config, ModelConfig) else load_model_config(config)
         model = create_model(cfg)
         weights_path = Path(weights) if weights else cfg.resolve(cfg.weights)
@@ -76,9 +106,28 @@ class PoseEstimator:
         scoring_net = None
         if rescore_path is not None and rescore_path.is_file():
             scoring_net = load_scoring_net(rescore_path, cfg.keypoints.score_feature_dim)
-        return cls(cfg, model, scoring_net, device)
+        options = RuntimeOptions(
+            backend=backend,
+            precision=precision,
+            device=str(device),
+            weights=Path(weights) if weights else None,
+            **runtime,
+        )
+        return cls(cfg, model, scoring_net, device, create_backend(cfg, options))
+
+    @property
+    def runtime(self) -> RuntimeReport:
+        """What runs the network: the backend, its precision, and why a faster path is not in use when so."""
+        return describe_runtime(self.backend)
 
     from_repo = from_config
+
+    @classmethod
+    def default(cls, device: str | torch.device = "cpu", **options: Any) -> PoseEstimator:
+        """The embedded model (``model_repo/synthetic_w16_256``): it ships with the code, so it runs with no
+        download; it finds drawn figures like those of ``pose synth``, not people in photos. ``options`` go
+        to :meth:`from_config`."""
+        return cls.from_config(DEFAULT_MODEL, device=device, **options)
 
     @staticmethod
     def read_image(path: str | Path) -> np.ndarray:
@@ -103,7 +152,7 @@ class PoseEstimator:
         for scale in scales:
             transform = plan_transform(w, h, self.config.input.size, scale)
             x = image_to_tensor(resize_image(image, transform), self.config.input).to(self.device)
-            outputs.append(flip_test(self.model, x, flip_index, self.config.test.flip_shift))
+            outputs.append(flip_test(self.backend, x, flip_index, self.config.test.flip_shift))
         return outputs, plan_transform(w, h, self.config.input.size, 1.0)
 
     def raw(self, image: np.ndarray, flip: bool | None = None) -> RawOutput:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from pose.cli_errors import WEIGHTS_HINT, CommandLine, UserError
 from pose.config import DEFAULT_MODEL, check_scales
+from pose.runtimes.options import BackendName, Precision
 from pose.video import VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -31,6 +32,17 @@ DefaultModelOpt = Annotated[
 ]
 WeightsOpt = Annotated[Path | None, typer.Option(help="checkpoint (default: the config's weights)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
+BackendOpt = Annotated[
+    BackendName,
+    typer.Option(
+        help="network runtime; auto: torch on CUDA, on a CPU ONNX Runtime once it matches torch (the graph is "
+        "exported once into ~/.cache/pose/onnx)"
+    ),
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(help="int8: the backbone quantized on a CPU, used only once its poses match float32's"),
+]
 
 
 def _scales(value: list[float] | None) -> list[float] | None:
@@ -98,6 +110,8 @@ def predict(
     track: Annotated[bool, typer.Option(help="videos: track ids that persist across frames")] = True,
     smoothing: Annotated[bool, typer.Option(help="videos: One-Euro filter on tracked keypoints")] = False,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = "float32",
 ) -> None:
     """Detect every person's keypoints; writes predictions.json (COCO results) for images, <video>.ndjson
     (one line per frame, people with track ids) for videos, and optional overlays.
@@ -105,14 +119,47 @@ def predict(
     Poses below the model's score threshold (--min-score) are dropped, as the service drops them.
     """
     from pose.api import PoseEstimator
-    from pose.draw import draw_people, encode_image
-    from pose.results import coco_results, to_people
 
     if smoothing and not track:
         raise UserError("--smoothing follows tracks; it needs --track")
     paths, videos = _media(inputs)
-    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    est = PoseEstimator.from_config(model, weights=weights, device=device, backend=backend, precision=precision)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        results, frames = _predict_media(
+            est, paths, videos, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score
+        )
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no empty folder behind
+        raise
+    if est.config.name == DEFAULT_MODEL.name:  # the embedded model was trained on drawings only
+        typer.echo(SYNTHETIC_NOTE.format(name=est.config.name), err=True)
+    if paths:
+        typer.echo(f"{_count(len(results), 'pose')} from {_count(len(paths), 'image')} -> {out / 'predictions.json'}")
+    for path, count in zip(videos, frames, strict=True):
+        typer.echo(f"{_count(count, 'frame')} of {path.name} -> {out / (path.stem + '.ndjson')}")
+
+
+def _predict_media(
+    est: PoseEstimator,
+    paths: list[Path],
+    videos: list[Path],
+    out: Path,
+    overlay: bool,
+    stride: int,
+    max_frames: int | None,
+    track: bool,
+    smoothing: bool,
+    flip: bool | None,
+    scales: list[float] | None,
+    min_score: float | None,
+) -> tuple[list[dict], list[int]]:
+    """Images to predictions.json (and overlays), then each video; the COCO results and frames per video."""
+    from pose.draw import draw_people, encode_image
+    from pose.results import coco_results, to_people
+
     results: list[dict] = []
     for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
         image = est.read_image(path)
@@ -124,15 +171,11 @@ def predict(
             (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
     if paths:
         (out / "predictions.json").write_text(json.dumps(results))
-    frames = 0
-    for path in videos:
-        frames += _predict_video(est, path, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score)
-    if est.config.name == DEFAULT_MODEL.name:  # the embedded model was trained on drawings only
-        typer.echo(SYNTHETIC_NOTE.format(name=est.config.name), err=True)
-    if paths:
-        typer.echo(f"{_count(len(results), 'pose')} from {_count(len(paths), 'image')} -> {out / 'predictions.json'}")
-    if videos:
-        typer.echo(f"{_count(frames, 'frame')} of {_count(len(videos), 'video')} -> {out}/<video>.ndjson")
+    frames = [
+        _predict_video(est, path, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score)
+        for path in videos
+    ]
+    return results, frames
 
 
 def _predict_video(
@@ -149,10 +192,8 @@ def _predict_video(
     min_score: float | None,
 ) -> int:
     """One video to ``<stem>.ndjson`` (and ``<stem>_pose.mp4``); returns the frames written."""
-    import torch
-
     from pose.draw import draw_people, track_colors
-    from pose.results import frame_record, to_people
+    from pose.results import best_first, frame_record, to_people
     from pose.tracking import TrackerConfig
     from pose.video import VideoWriter, probe
 
@@ -174,7 +215,7 @@ def _predict_video(
                 lines.write(json.dumps(record) + "\n")
                 frames += 1
                 if writer is not None:
-                    order = torch.argsort(people.scores, descending=True, stable=True)
+                    order = best_first(people.scores)
                     drawn = to_people(people.keypoints[order], people.scores[order], people.boxes[order], sort=False)
                     colors = track_colors(people.track_ids[order].tolist()) if track else None
                     writer.write(draw_people(frame.image, drawn, est.config.keypoints.skeleton, colors=colors))
@@ -193,6 +234,8 @@ def batch(
     model: DefaultModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = None,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = "float32",
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 8,
     workers: Annotated[
         int | None, typer.Option(min=0, help="DataLoader decoding processes (default: by device and cores)")
@@ -229,17 +272,19 @@ def batch(
         min_score=min_score,
         progress=progress,
     )
-    spec = ModelSpec(str(model), str(weights) if weights else None, device)
+    spec = ModelSpec(str(model), str(weights) if weights else None, device, backend, precision)
     cluster = RayOptions(ray_address, actors, gpus_per_actor, cpus_per_actor) if ray or ray_address else None
     try:
         summary = run_batch(inputs, out, spec, options, cluster)
     except (InputError, JobMismatchError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(2) from None
+    # a rerun that finds every shard done ran nothing: no rate to report
+    rate = f"{summary.images_per_s:.2f} images/s" if summary.skipped_shards < summary.shards else "nothing left to run"
     typer.echo(
         f"{_count(summary.images, 'image')}, {_count(summary.people, 'pose')}, {_count(summary.errors, 'error')} "
         f"in {_count(summary.shards, 'shard')} "
-        f"({summary.skipped_shards} already done), {summary.images_per_s:.2f} images/s -> {out}"
+        f"({summary.skipped_shards} already done), {rate} -> {out}"
     )
 
 
@@ -251,11 +296,13 @@ def raw(
     out: Annotated[Path, typer.Option(help="output .npz")] = Path("raw.npz"),
     flip: Annotated[bool | None, typer.Option(help="flip test (default: the model's)")] = None,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = "float32",
 ) -> None:
     """Save scale-1 heatmaps, center heatmap and regressed joints (heatmap grid: input / 4, or / 2) as .npz."""
     from pose.api import PoseEstimator
 
-    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    est = PoseEstimator.from_config(model, weights=weights, device=device, backend=backend, precision=precision)
     result = est.raw(est.read_image(image), flip=flip)
     np.savez_compressed(
         out,
@@ -277,6 +324,8 @@ def evaluate(
     scales: ScalesOpt = None,
     out: Annotated[Path | None, typer.Option(help="also write the COCO results JSON here")] = None,
     device: DeviceOpt = "cpu",
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = "float32",
 ) -> None:
     """AP/AR of the full pipeline on an annotated set (faster-coco-eval; CrowdPose easy/medium/hard).
 
@@ -285,7 +334,7 @@ def evaluate(
     from pose.api import PoseEstimator
     from pose.evaluation import evaluate_keypoints, predict_dataset
 
-    est = PoseEstimator.from_config(model, weights=weights, device=device)
+    est = PoseEstimator.from_config(model, weights=weights, device=device, backend=backend, precision=precision)
     results = predict_dataset(est, annotations, images, scales=scales, flip=flip)
     if out is not None:
         out.write_text(json.dumps(results))

@@ -9,7 +9,14 @@ from typing import Any, TypeVar, cast
 
 import typer
 
-from pose.errors import CheckpointError, ConfigError, ImageReadError, MissingCheckpointError, VideoReadError
+from pose.errors import (
+    CheckpointError,
+    ConfigError,
+    ImageReadError,
+    MissingCheckpointError,
+    RuntimeOptionsError,
+    VideoReadError,
+)
 
 __all__ = ["USER_ERRORS", "WEIGHTS_HINT", "CommandLine", "UserError", "one_line_errors"]
 
@@ -20,7 +27,15 @@ class UserError(Exception):
     """A command's own complaint about its input, shown like the library's known errors."""
 
 
-USER_ERRORS = (UserError, CheckpointError, ConfigError, ImageReadError, VideoReadError, FileNotFoundError)
+USER_ERRORS = (
+    UserError,
+    CheckpointError,
+    ConfigError,
+    ImageReadError,
+    VideoReadError,
+    RuntimeOptionsError,
+    FileNotFoundError,
+)
 
 
 def _message(err: Exception) -> str:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "ImageReadError", "MissingCheckpointError", "VideoReadError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ImageReadError",
+    "MissingCheckpointError",
+    "RuntimeOptionsError",
+    "VideoReadError",
+]
 
 
 class CheckpointError(ValueError):
@@ -23,3 +30,7 @@ class ImageReadError(ValueError):
 
 class VideoReadError(ValueError):
     """A file that is not a video FFmpeg can decode, or one damaged or truncated."""
+
+
+class RuntimeOptionsError(ValueError):
+    """Runtime options that do not go together (int8 on CUDA, float32 heads without float16, ...)."""

@@ -26,6 +26,7 @@ from pose.models.hrnet import PoseOutput
 from pose.postprocess import postprocess
 from pose.preprocess import ImageTransform, image_to_tensor, plan_transform, resize_image, warp_batch
 from pose.rescore import ScoringNet
+from pose.results import best_first
 
 __all__ = ["BatchPipeline", "BatchTimings", "PoseResult"]
 
@@ -34,7 +35,7 @@ Network = Callable[[Tensor], PoseOutput]
 
 @dataclass
 class PoseResult:
-    """Poses of one image in the authors' order."""
+    """Poses of one image, best first (:func:`~pose.results.best_first`), the order every output keeps."""
 
     keypoints: Tensor  # (P, K, 3) x, y, score in image pixels
     keypoints_input: Tensor  # (P, K, 3) in scale-1 network-input pixels
@@ -42,6 +43,12 @@ class PoseResult:
     grouping_scores: Tensor  # (P,) mean joint score
     center_scores: Tensor  # (P,)
     boxes: Tensor  # (P, 4) x, y, w, h
+    # (P,) int64: each pose's place in the grouping's own order (the authors'), to compare with their outputs
+    grouping_order: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.grouping_order is None:
+            self.grouping_order = torch.arange(len(self.scores))
 
     def above(self, min_score: float) -> PoseResult:
         """The poses scoring at least ``min_score``, in the same order; a threshold of 0 keeps every pose."""
@@ -49,6 +56,12 @@ class PoseResult:
             return self
         keep = self.scores >= min_score
         return PoseResult(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def in_grouping_order(self) -> PoseResult:
+        """The same poses in the grouping's order, as the authors' code lists them."""
+        assert self.grouping_order is not None
+        order = torch.argsort(self.grouping_order)
+        return PoseResult(*(getattr(self, f.name)[order] for f in fields(self)))
 
 
 @dataclass
@@ -177,8 +190,13 @@ class BatchPipeline:
             map_sizes=map_sizes,
         )
         # One device-to-host copy per tensor for the whole batch, then per-image views on the host: no
-        # per-image syncs.
+        # per-image syncs. Each image's poses are sorted best first here, once, for every caller.
         counts = batch.valid.sum(dim=1).tolist()
         fields = (batch.keypoints, batch.keypoints_input, batch.scores, batch.grouping_scores)
         host = [t.cpu() for t in (*fields, batch.center_scores, batch.boxes)]
-        return [PoseResult(*(t[i, :n] for t in host)) for i, n in enumerate(counts)]
+        results = []
+        for i, n in enumerate(counts):
+            order = best_first(host[2][i, :n])
+            kpts, kpts_input, scores, grouping, centers, boxes = (t[i, :n][order] for t in host)
+            results.append(PoseResult(kpts, kpts_input, scores, grouping, centers, boxes, order))
+        return results

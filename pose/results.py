@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Person", "coco_results", "frame_record", "to_people"]
+__all__ = ["Person", "best_first", "coco_results", "frame_record", "to_people"]
+
+
+def best_first(scores: Tensor) -> Tensor:
+    """Indices that list poses by score, highest first: the one order of people in every output (API, CLI,
+    bulk files, REST, video lines, stream). Ties keep their order; NaN scores (an ill-conditioned fit) go
+    last rather than first, where a plain descending sort puts them."""
+    key = torch.nan_to_num(scores.detach().float(), nan=float("-inf"))
+    return torch.argsort(key, descending=True, stable=True)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ def to_people(
     sort: bool = True,
 ) -> list[Person]:
     """One image's poses (P, K, 3), (P,), (P, 4) to records, best first when ``sort``."""
-    order = torch.argsort(scores, descending=True, stable=True) if sort else torch.arange(len(scores))
+    order = best_first(scores) if sort else torch.arange(len(scores))
     if min_score is not None:
         order = order[scores[order] >= min_score]
     if max_people is not None:
@@ -59,7 +67,7 @@ def frame_record(
     """One video frame's people, best first, as a JSON-ready line (``track_id`` null when untracked): the
     service streams these and the CLI writes them, so both read the same. Non-finite numbers (JSON has
     none) become 0 or the largest float32."""
-    order = torch.argsort(scores, descending=True, stable=True)[:max_people]
+    order = best_first(scores)[:max_people]
     keypoints, scores, boxes = (t[order].nan_to_num(0.0, 3.0e38, -3.0e38) for t in (keypoints, scores, boxes))
     people = to_people(keypoints, scores, boxes, sort=False)
     ids = track_ids[order].tolist() if track_ids is not None else [None] * len(people)

@@ -55,12 +55,48 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.shed = Counter(
+            "pose_shed_requests",
+            "Requests refused before any work was spent on them: queue_full (queue limit), deadline (could not be "
+            "answered in time, refused on arrival), expired (shed while waiting), pixels (in-flight pixel budget)",
+            ["reason"],
+            registry=r,
+        )
+        self.delivered_images = Counter(
+            "pose_delivered_images",
+            "Images whose poses reached the client, by whether that was before the request's deadline "
+            "(goodput: rate of deadline=met)",
+            ["deadline"],
+            registry=r,
+        )
+        self.wasted_images = Counter(
+            "pose_wasted_images",
+            "Images computed whose poses nobody received: client_gone (the client left or timed out), shutdown "
+            "(answered 503 by the drain while computing)",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_cost = Gauge(
+            "pose_batch_cost_seconds",
+            "The batch-time estimate behind admission: fixed seconds per batch and seconds per unit of work "
+            "(one scale-1 pass over a square input)",
+            ["part"],
+            registry=r,
+        )
         self.gpu_memory = Gauge("pose_gpu_memory_bytes", "CUDA memory allocated by the model's process", registry=r)
         self.backend_info = Gauge(
             "pose_backend_info",
             "What the backend runs (1 on the combination in use); adaptive_conv_fallback=true: the fused kernel "
-            "failed its start-up check",
-            ["backend", "device", "precision", "adaptive_conv", "adaptive_conv_fallback", "cuda_graphs"],
+            "failed its start-up check; precision_fallback=true: POSE_PRECISION=int8 was asked and float32 runs",
+            [
+                "backend",
+                "device",
+                "precision",
+                "precision_fallback",
+                "adaptive_conv",
+                "adaptive_conv_fallback",
+                "cuda_graphs",
+            ],
             registry=r,
         )
         self.cuda_graphs = Gauge("pose_cuda_graphs", "CUDA graphs held (batch bucket x input shape)", registry=r)
@@ -69,6 +105,13 @@ class Metrics:
             "pose_cuda_graph_memory_budget_bytes", "Device memory the CUDA graphs may hold", registry=r
         )
 
+        for reason in ("queue_full", "deadline", "expired", "pixels"):  # every series exists from the start
+            self.shed.labels(reason=reason)
+        for met in ("met", "missed"):
+            self.delivered_images.labels(deadline=met)
+        for reason in ("client_gone", "shutdown"):
+            self.wasted_images.labels(reason=reason)
+
     def record_runtime(self, backend: str, device: str, runtime: RuntimeInfo) -> None:
         """Publish what the backend runs and what its CUDA graphs hold (after start-up and each batch)."""
         self.backend_info.clear()
@@ -76,6 +119,7 @@ class Metrics:
             backend=backend,
             device=device,
             precision=runtime.precision,
+            precision_fallback=str(runtime.precision_fallback is not None).lower(),
             adaptive_conv=runtime.adaptive_conv or "",
             adaptive_conv_fallback=str(runtime.adaptive_conv_fallback is not None).lower(),
             cuda_graphs=str(runtime.cuda_graphs).lower(),

@@ -14,12 +14,18 @@ class Keypoint(BaseModel):
     name: str
     x: float = Field(description="image pixels, from the left")
     y: float = Field(description="image pixels, from the top")
-    score: float = Field(description="joint confidence (center score x heat value); not a visibility flag")
+    score: float = Field(
+        description="joint confidence: the person's center-heatmap peak times the joint's heatmap value there; "
+        "a ranking value, not a probability or a visibility flag. Heatmaps are trained towards 1 at a joint, "
+        "so confident joints score near 1 and can exceed it slightly (e.g. 1.08); the authors' models do the same"
+    )
 
 
 class Person(BaseModel):
     keypoints: list[Keypoint]
-    score: float = Field(description="pose score: predicted OKS x mean joint score")
+    score: float = Field(
+        description="pose score: predicted OKS x mean joint score; people are listed by it, best first"
+    )
     bbox: tuple[float, float, float, float] = Field(description="x, y, width, height around the keypoints")
 
 
@@ -109,7 +115,11 @@ class RuntimeInfo(BaseModel):
         None, description="why the automatic choice kept torch on a CPU instead of ONNX Runtime"
     )
     precision: str = Field(
-        description="network precision: float32, float16 or bfloat16; 'float16 (float32 heads)' with POSE_FLOAT32_HEADS"
+        description="network precision: float32, float16 or bfloat16; 'float16 (float32 heads)' with "
+        "POSE_FLOAT32_HEADS; 'int8 backbone (float32 heads)' with POSE_PRECISION=int8 once its start-up check passed"
+    )
+    precision_fallback: str | None = Field(
+        None, description="why POSE_PRECISION=int8 was asked and float32 runs (its start-up check failed)"
     )
     adaptive_conv: str | None = Field(None, description="adaptive-conv implementation of the torch backend")
     adaptive_conv_fallback: str | None = Field(
@@ -145,6 +155,7 @@ class ModelsResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["live", "ready", "not_ready"]
+    reason: str | None = Field(None, description="while not ready: what start-up is doing, or why it failed")
 
 
 class TrackedPerson(Person):

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pose.config import DEFAULT_MODEL, check_scales
+from pose.runtimes.options import DEFAULT_ONNX_CACHE, RuntimeOptions
 
 
 class Settings(BaseSettings):
@@ -27,8 +28,16 @@ class Settings(BaseSettings):
         None, description="ONNX graph for the onnx backend (default: the config's portable one)"
     )
     onnx_cache: Path = Field(
-        Path.home() / ".cache" / "pose" / "onnx",
+        DEFAULT_ONNX_CACHE,
         description="where the auto backend keeps the portable graphs it exports (one per model and weights)",
+    )
+    precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="int8: the backbone quantized on a CPU (ONNX Runtime), heads in float32; used once its poses "
+        "on drawn scenes match float32's at start-up, else float32 with the reason in /v1/models",
+    )
+    calibration_images: Path | None = Field(
+        None, description="with precision int8: a folder of your images to calibrate on, besides drawn scenes"
     )
     engine_path: Path | None = Field(None, description="TensorRT engine for the tensorrt backend")
     engine_cache: Path | None = Field(
@@ -103,8 +112,28 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8000
 
+    def runtime_options(self) -> RuntimeOptions:
+        """The runtime options these settings ask for: the same ones the API, CLI and bulk jobs take."""
+        return RuntimeOptions(
+            backend=self.backend,
+            precision=self.precision,
+            device=self.device,
+            weights=self.weights,
+            half=self.half,
+            float32_heads=self.float32_heads,
+            adaptive_conv=self.adaptive_conv,
+            cuda_graphs=self.cuda_graphs,
+            cuda_graph_memory_mb=self.cuda_graph_memory_mb,
+            onnx_path=self.onnx_path,
+            onnx_cache=self.onnx_cache,
+            engine_path=self.engine_path,
+            engine_cache=self.engine_cache,
+            calibration_images=self.calibration_images,
+        )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        self.runtime_options()  # the runtime's own checks (precision int8 on a CPU through ONNX Runtime, ...)
         if self.half and not self.device.startswith("cuda"):
             raise ValueError("half precision needs a CUDA device")
         if self.float32_heads and not self.half:

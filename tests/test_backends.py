@@ -9,12 +9,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import service.backends
+import pose.runtimes.torch_backend
 from pose.api import PoseEstimator
 from pose.config import load_model_config
 from pose.models.hrnet import PoseOutput
+from pose.runtimes import RuntimeOptions, automatic_backend
+from pose.runtimes.onnxruntime_backend import OnnxRuntimeBackend
+from pose.runtimes.torch_backend import TorchBackend, select_adaptive_conv
 from service.app import create_app
-from service.backends import OnnxRuntimeBackend, TorchBackend, automatic_backend, select_adaptive_conv
 from service.settings import Settings
 
 from .conftest import ROOT
@@ -61,7 +63,7 @@ def test_kernel_self_check_passes_and_catches_a_wrong_kernel(monkeypatch: pytest
 
 def test_backend_gives_the_unfolded_network_outputs() -> None:
     est = PoseEstimator.from_config(MODEL)
-    backend = TorchBackend(est.config, Settings(model=MODEL))
+    backend = TorchBackend(est.config, RuntimeOptions())
     assert backend.report.adaptive_conv == "torch" and not backend.report.cuda_graphs
     x = torch.rand(2, 3, 256, 320)
     with torch.inference_mode():
@@ -74,12 +76,14 @@ def test_backend_gives_the_unfolded_network_outputs() -> None:
 def test_cuda_graphs_are_refused_on_a_cpu() -> None:
     est = PoseEstimator.from_config(MODEL)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
-        TorchBackend(est.config, Settings(model=MODEL, cuda_graphs=True))
+        TorchBackend(est.config, RuntimeOptions(cuda_graphs=True))
 
 
 def test_models_and_metrics_report_the_implementation_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that failed at start-up is visible to the operator, and the service still serves."""
-    monkeypatch.setattr(service.backends, "select_adaptive_conv", lambda *a: ("torch", "CompilationError: at 34:8"))
+    monkeypatch.setattr(
+        pose.runtimes.torch_backend, "select_adaptive_conv", lambda *a: ("torch", "CompilationError: at 34:8")
+    )
     with TestClient(create_app(Settings(model=MODEL, backend="torch", warmup=False))) as client:
         runtime = client.get("/v1/models").json()["models"][0]["runtime"]
         metrics = client.get("/metrics").text
@@ -94,7 +98,7 @@ def test_low_precision_body_returns_float32_outputs_from_float32_output_layers()
     """bfloat16 stands in for float16 on a CPU: the body runs in it, the 1x1 output convolutions do not."""
     from pose.config import load_model_config
     from pose.models.hrnet import create_model
-    from service.backends import float32_output_layers
+    from pose.runtimes.precision import float32_output_layers
 
     from .conftest import FIXTURES
 
@@ -118,7 +122,7 @@ def test_float32_heads_keep_the_heads_in_float32_and_come_closer_to_float32(conf
     """bfloat16 stands in for float16 on a CPU: with float32 heads only the backbone rounds."""
     from pose.config import load_model_config
     from pose.models.hrnet import create_model
-    from service.backends import float32_heads, float32_output_layers, low_precision
+    from pose.runtimes.precision import float32_heads, float32_output_layers, low_precision
 
     from .conftest import FIXTURES
 
@@ -165,7 +169,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One export of the embedded model's portable graph, shared by the tests below."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     cache = tmp_path_factory.mktemp("onnx_cache")
-    backend = automatic_backend(load_model_config(MODEL), Settings(model=MODEL, onnx_cache=cache))
+    backend = automatic_backend(load_model_config(MODEL), RuntimeOptions(onnx_cache=cache))
     assert backend.name == "onnx", getattr(backend, "report", None)
     return cache
 
@@ -182,11 +186,11 @@ def test_auto_on_a_cpu_serves_onnx_runtime_from_the_cache_once_it_matches_torch(
     (graph,) = onnx_cache.glob("*/model-torch*.onnx")
     assert not list(onnx_cache.glob("*/*.partial"))
     config = load_model_config(MODEL)
-    backend = automatic_backend(config, Settings(model=MODEL, onnx_cache=onnx_cache))
+    backend = automatic_backend(config, RuntimeOptions(onnx_cache=onnx_cache))
     assert backend.name == "onnx" and backend.report.backend == "onnx"  # type: ignore[attr-defined]
     x = torch.rand(2, 3, 256, 320)
     with torch.inference_mode():
-        want = TorchBackend(config, Settings(model=MODEL))(x)
+        want = TorchBackend(config, RuntimeOptions())(x)
         got = backend(x)
     torch.testing.assert_close(got.heatmaps, want.heatmaps, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(got.offsets, want.offsets, atol=1e-3, rtol=1e-3)
@@ -202,7 +206,7 @@ def test_auto_keeps_torch_and_says_why_when_onnx_runtime_disagrees(
         return PoseOutput(out.heatmaps + 0.1, out.offsets)
 
     monkeypatch.setattr(OnnxRuntimeBackend, "__call__", shifted)
-    backend = automatic_backend(load_model_config(MODEL), Settings(model=MODEL, onnx_cache=onnx_cache))
+    backend = automatic_backend(load_model_config(MODEL), RuntimeOptions(onnx_cache=onnx_cache))
     assert backend.name == "torch"
     reason = backend.report.backend_fallback  # type: ignore[attr-defined]
     assert reason is not None and "heatmaps differ from the torch network" in reason
@@ -215,6 +219,6 @@ def test_auto_keeps_torch_when_the_graph_cannot_be_exported(tmp_path: Path, monk
         raise ValueError("export supports the 4x models")
 
     monkeypatch.setattr(export.onnx_export, "export_onnx", refuse)
-    backend = automatic_backend(load_model_config(MODEL), Settings(model=MODEL, onnx_cache=tmp_path))
+    backend = automatic_backend(load_model_config(MODEL), RuntimeOptions(onnx_cache=tmp_path))
     assert backend.name == "torch"
     assert backend.report.backend_fallback == "ValueError: export supports the 4x models"  # type: ignore[attr-defined]

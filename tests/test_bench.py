@@ -182,11 +182,18 @@ def test_tracking_benchmark_smoke_run_scores_every_tracker(tmp_path: Path) -> No
 
 def test_cpu_pipeline_benchmark_times_each_backend_and_checks_their_poses_agree(tmp_path: Path) -> None:
     out = tmp_path / "cpu.json"
-    run_module("bench.cpu_pipeline", "--model", "synthetic_w16_256", "--rounds", "1", "--out", str(out))
+    backends = ("torch", "auto", "api")  # the split and int8 rows quantize first: tests/test_runtimes.py covers them
+    options = [arg for b in backends for arg in ("--backends", b)]
+    run_module("bench.cpu_pipeline", "--model", "synthetic_w16_256", "--rounds", "1", *options, "--out", str(out))
     report = json.loads(out.read_text())
     rows = {(row["backend"], row["flip"]): row for row in report["rows"]}
-    assert set(rows) == {(b, f) for b in ("torch", "auto") for f in (False, True)}
+    assert set(rows) == {(b, f) for b in backends for f in (False, True)}
     assert rows["torch", False]["runtime"] == "torch" and rows["auto", False]["runtime"] == "onnx"
+    assert rows["api", False]["runtime"] == "onnx"  # the library API makes the same choice
+    assert (
+        rows["api", True]["vs_float32_auto_same_run"]
+        == rows["auto", True]["median_s_per_image"] / rows["api", True]["median_s_per_image"]
+    )
     for row in rows.values():
         assert row["median_s_per_image"] > 0
         assert row["vs_authors"] == report["authors_s_per_image"][str(row["flip"]).lower()] / row["median_s_per_image"]

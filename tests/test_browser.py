@@ -40,7 +40,9 @@ def test_the_page_and_its_assets_are_served_by_the_app_with_nothing_external() -
     client = TestClient(create_app(Settings(warmup=False)))  # no lifespan: the page needs no model
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    # an inline icon, so browsers do not ask for /favicon.ico (a 404 in every page load's log)
+    assert re.search(r'<link rel="icon" href="data:[^"]*"', page.text)
+    assets = [a for a in re.findall(r'(?:src|href)="([^"]+)"', page.text) if not a.startswith("data:")]
     assert sorted(assets) == ["demo/app.js", "demo/style.css"]
     for asset in assets:
         response = client.get(f"/{asset}")
@@ -175,6 +177,7 @@ def test_an_uploaded_image_gets_its_skeletons_drawn(browser: Any, server: str, m
     open_page(browser, server)
     browser.find_element(By.ID, "file").send_keys(str(media["image"]))
     wait_for(browser, "return window.poseDemo.mode === 'image' && window.poseDemo.answered > 0")
+    assert browser.execute_script("return document.getElementById('stop').disabled")  # nothing left to stop
     expected = httpx.post(
         f"{server}/v1/pose", content=media["image"].read_bytes(), headers={"content-type": "image/jpeg"}, timeout=60
     ).json()["results"][0]["people"]

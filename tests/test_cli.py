@@ -218,3 +218,28 @@ def test_predict_reports_the_people_the_api_reports_at_the_models_threshold(tmp_
     assert len(want.scores) > 0 and all(s >= est.config.test.score_threshold for s in want.scores.tolist())
     assert [e["image_id"] for e in entries] == [1] * len(want.scores)  # nothing from the blank image
     assert [round(e["score"], 5) for e in entries] == [round(s, 5) for s in want.scores.tolist()]
+
+
+@needs_embedded_model
+def test_a_failed_predict_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    code, lines = run("predict", tmp_path / "notes.jpg", "--out", out, "--backend", "torch")
+    assert code == 2 and lines[-1].startswith("Error:") and "notes.jpg" in lines[-1]
+    assert not out.exists()
+    kept = tmp_path / "kept"  # a folder the user made is left as it was, empty or not
+    kept.mkdir()
+    assert run("predict", tmp_path / "notes.jpg", "--out", kept, "--backend", "torch")[0] == 2
+    assert kept.is_dir()
+
+
+@needs_embedded_model
+def test_a_batch_rerun_with_every_shard_done_reports_no_rate(tmp_path: Path) -> None:
+    image, _ = render_scene(np.random.default_rng(0), SceneConfig(size=(128, 128), people=(1, 1)))
+    cv2.imwrite(str(tmp_path / "scene.jpg"), image)
+    args = ("batch", tmp_path / "scene.jpg", "--out", tmp_path / "bulk", "--no-progress", "--backend", "torch")
+    code, first = run(*args)
+    assert code == 0 and "(0 already done)" in first[-1] and "images/s" in first[-1], first
+    code, again = run(*args)
+    assert code == 0 and "(1 already done), nothing left to run ->" in again[-1], again
+    assert "images/s" not in again[-1]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from pose.models.hrnet import PoseOutput
-from service.cuda_graphs import GraphedNetwork, bucket_for
+from pose.runtimes.cuda_graphs import GraphedNetwork, bucket_for
 
 
 def network(x: Tensor) -> PoseOutput:

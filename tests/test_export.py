@@ -24,7 +24,7 @@ from export.onnx_export import export_onnx
 from pose.api import PoseEstimator
 from pose.config import DEFAULT_MODEL, OnnxArtifact, load_model_config, recorded_onnx
 from pose.models.hrnet import create_model
-from service.backends import OnnxRuntimeBackend
+from pose.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
 from .conftest import ROOT
 from .scenes import embedded_weights_present, scene_jpeg

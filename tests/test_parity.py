@@ -4,10 +4,13 @@ Tolerances are the parity README's: raw tensors 1e-4 / 3e-4, poses 1e-2 px + the
 the authors' own pipeline shows under float noise; joints and scores it lists as unstable are skipped.
 The HigherHRNet run (coco_2x) has no stability list: its regression path is held to 1e-3 px, its final
 path to the same poses in the same order, with the joints whose Gaussian fit is well posed to 5e-2 px.
+Results are compared in the grouping's order (``PoseResult.in_grouping_order``), the order the authors list
+poses in; every output of ours lists them best first.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -30,9 +33,19 @@ RUNS = (
 COCO_2X = [("coco_2x", "flip_s1", stem) for stem in ("000000000785", "000000040083", "000000196141", "000000197388")]
 
 
+# The 2x path's maps reach 12.8 (the 4x path's stay near 1), and float32 rounding grows with them: our float32
+# run differs from the same run in float64 by up to 1.24e-4 on a CPU without AVX-512 (7e-6 with it), the
+# authors' float32 outputs from it by 7.3e-5. Two float32 runs can then differ by their sum, 2e-4, and so can
+# what is computed from the maps (pose scores); the method's arithmetic is held to 1e-4 in float64 below.
+HEATMAP_ATOL = {"coco": 1e-4, "crowdpose": 1e-4, "coco_2x": 2e-4}
+
+
 @cache
 def estimator(dataset: str) -> PoseEstimator:
-    return PoseEstimator.from_config(FIXTURES / f"tiny_{dataset}_w8_256.yaml", device="cpu")
+    """The network as loaded, run as a plain module (no runtime's folded batch norms or graph): the method's
+    own arithmetic, held to the authors' outputs at 1e-4."""
+    loaded = PoseEstimator.from_config(FIXTURES / f"tiny_{dataset}_w8_256.yaml", device="cpu", backend="torch")
+    return PoseEstimator(loaded.config, loaded.model, loaded.scoring_net, "cpu")
 
 
 def image_path(stem: str) -> Path:
@@ -91,7 +104,7 @@ def test_flip_aggregated_maps_match(parity_dir: Path, dataset: str, run: str, st
     image = est.read_image(image_path(stem))
     outputs, _ = est.forward(image, scales=[scale])
     np.testing.assert_allclose(
-        outputs[0].heatmaps.numpy(), np.load(ref / f"final_heatmaps_s{scale:g}.npy"), atol=1e-4, rtol=0
+        outputs[0].heatmaps.numpy(), np.load(ref / f"final_heatmaps_s{scale:g}.npy"), atol=HEATMAP_ATOL[dataset], rtol=0
     )
     np.testing.assert_allclose(
         outputs[0].keypoints.numpy(), np.load(ref / f"final_kpts_s{scale:g}.npy"), atol=3e-4, rtol=0
@@ -105,7 +118,7 @@ def test_final_and_regression_poses_match(parity_dir: Path, dataset: str, run: s
     stability = json.loads((parity_dir / dataset / run / "stability.json").read_text())["images"][stem]
     image = est.read_image(image_path(stem))
     for path, absorb in (("final", True), ("regression", False)):
-        result = est.predict(image, scales=ref["scales"], absorb=absorb)
+        result = est.predict(image, scales=ref["scales"], absorb=absorb).in_grouping_order()
         st = stability[path]
         expected = ref[path]
         assert len(result.scores) == len(expected) == st["n_poses"]
@@ -146,7 +159,7 @@ def fit_is_well_posed(keypoints_input: np.ndarray, base_size: tuple[int, int]) -
 def test_higher_hrnet_regression_poses_match(parity_dir: Path, stem: str) -> None:
     ref = json.loads((reference(parity_dir, "coco_2x", "flip_s1", stem) / "poses.json").read_text())
     est = estimator("coco_2x")
-    result = est.predict(est.read_image(image_path(stem)), scales=ref["scales"], absorb=False)
+    result = est.predict(est.read_image(image_path(stem)), scales=ref["scales"], absorb=False).in_grouping_order()
     expected = ref["regression"]
     assert len(result.scores) == len(expected) == ref["n_poses"]["regression"]
     np.testing.assert_allclose(
@@ -160,7 +173,26 @@ def test_higher_hrnet_regression_poses_match(parity_dir: Path, stem: str) -> Non
         # its slope times the position's)
         assert np.abs(got[..., 2].numpy() - want[..., 2]).max() <= 1e-3 * centres.min(), key
     for got, key in ((result.scores, "score"), (result.grouping_scores, "score_grouping")):
-        np.testing.assert_allclose(got.numpy(), [pose[key] for pose in expected], atol=1e-4, rtol=0, err_msg=key)
+        np.testing.assert_allclose(
+            got.numpy(), [pose[key] for pose in expected], atol=HEATMAP_ATOL["coco_2x"], rtol=0, err_msg=key
+        )
+
+
+def test_higher_hrnet_maps_in_float64_match_the_authors_to_1e_4(parity_dir: Path) -> None:
+    """The 2x path's arithmetic without float32 rounding of our own: the authors' float32 maps are within
+    their own rounding (1e-4) of it."""
+    stem = "000000000785"
+    ref = reference(parity_dir, "coco_2x", "flip_s1", stem)
+    est = estimator("coco_2x")
+    exact = PoseEstimator(est.config, copy.deepcopy(est.model).double(), est.scoring_net, "cpu")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the normalized input and every map made on the way
+    try:
+        outputs, _ = exact.forward(est.read_image(image_path(stem)), scales=[1.0])
+    finally:
+        torch.set_default_dtype(default)
+    assert outputs[0].heatmaps.dtype == torch.float64
+    np.testing.assert_allclose(outputs[0].heatmaps.numpy(), np.load(ref / "final_heatmaps_s1.npy"), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("stem", [s for _, _, s in COCO_2X])
@@ -168,11 +200,11 @@ def test_higher_hrnet_final_poses_match_in_count_and_order(parity_dir: Path, ste
     ref = json.loads((reference(parity_dir, "coco_2x", "flip_s1", stem) / "poses.json").read_text())
     est = estimator("coco_2x")
     image = est.read_image(image_path(stem))
-    result = est.predict(image, scales=ref["scales"])
+    result = est.predict(image, scales=ref["scales"]).in_grouping_order()
     expected = ref["final"]
     assert len(result.scores) == len(expected) == ref["n_poses"]["final"]
     np.testing.assert_allclose(result.center_scores.numpy(), ref["centre_scores_after_nms"]["final"], atol=1e-4, rtol=0)
-    absorbed = est.predict(image, scales=ref["scales"], refine=False).keypoints_input.numpy()
+    absorbed = est.predict(image, scales=ref["scales"], refine=False).in_grouping_order().keypoints_input.numpy()
     well_posed = fit_is_well_posed(absorbed, ref["base_size"])
     assert well_posed.mean() > 0.6  # most joints are checked
     want = np.asarray([pose["keypoints"] for pose in expected])

@@ -85,7 +85,7 @@ def test_engine_from_the_plugin_onnx_matches_torch(tmp_path: Path) -> None:
     from export.onnx_export import export_onnx
     from export.tensorrt_engine import build_engine
     from pose.models.hrnet import create_model
-    from service.backends import TensorRTBackend
+    from pose.runtimes.tensorrt_backend import TensorRTBackend
 
     cfg = load_model_config(ROOT / "model_repo" / "hrnet_w32_coco_512")
     model = create_model(cfg).eval()

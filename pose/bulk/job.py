@@ -16,13 +16,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pose.bulk.inputs import InputError, Item, collect_items
 from pose.bulk.store import ShardStore
 from pose.bulk.tracks import assign_track_ids
 from pose.config import DEFAULT_MODEL, ModelConfig, check_scales, load_model_config
+from pose.runtimes.options import BackendName, Precision
 from pose.tracking import TrackerConfig
+
+if TYPE_CHECKING:
+    from pose.api import PoseEstimator
 
 __all__ = ["BulkOptions", "BulkSummary", "ModelSpec", "RayOptions", "run_batch"]
 
@@ -34,6 +38,16 @@ class ModelSpec:
     model: str = str(DEFAULT_MODEL)
     weights: str | None = None
     device: str = "cpu"
+    backend: BackendName = "auto"  # the runtime, chosen as pose predict and the service choose it
+    precision: Precision = "float32"
+
+    def estimator(self) -> PoseEstimator:
+        """The model loaded on its runtime (in this process, or in a Ray actor)."""
+        from pose.api import PoseEstimator
+
+        return PoseEstimator.from_config(
+            self.model, weights=self.weights, device=self.device, backend=self.backend, precision=self.precision
+        )
 
     def config(self) -> ModelConfig:
         try:
@@ -132,6 +146,8 @@ def _job_record(
         "min_score": options.score_threshold(config),
         "tracking": asdict(TrackerConfig()),  # video rows' track ids
     }
+    if spec.precision != "float32":  # recorded only when asked, so jobs started before the option still resume
+        record["precision"] = spec.precision
     record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return record
 

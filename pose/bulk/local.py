@@ -25,7 +25,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pose.api import PoseEstimator
 from pose.bulk.frames import Chunk, ChunkDataset
 from pose.bulk.inputs import Item
 from pose.bulk.job import BulkOptions, ModelSpec
@@ -181,7 +180,7 @@ def _loader(pending: dict[int, list[Item]], options: BulkOptions, device: str) -
 
 def run_local(store: ShardStore, pending: dict[int, list[Item]], spec: ModelSpec, options: BulkOptions) -> None:
     """Run the pending shards of a job here and commit them to ``store``."""
-    est = PoseEstimator.from_config(spec.model, weights=spec.weights, device=spec.device)
+    est = spec.estimator()
     scales = list(options.scales) if options.scales else None
     min_score = options.score_threshold(est.config)
     overlays = store.out / "overlays"

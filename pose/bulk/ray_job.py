@@ -88,10 +88,8 @@ class PoseActor:
     def __init__(self, spec: ModelSpec, options: BulkOptions, out: str, threads: int) -> None:
         import torch
 
-        from pose.api import PoseEstimator
-
         torch.set_num_threads(threads)
-        self.est = PoseEstimator.from_config(spec.model, weights=spec.weights, device=spec.device)
+        self.est = spec.estimator()
         self.options = options
         self.overlays = Path(out) / "overlays"
         self.num_keypoints = self.est.config.keypoints.num_keypoints

@@ -297,7 +297,11 @@ class PoseHRNet(nn.Module):
         return torch.cat([xs[0], *ups], dim=1)
 
     def forward(self, x: Tensor) -> PoseOutput:
-        features = self.backbone(x)  # (B, 480 | 720, H, W)
+        return self.heads(self.backbone(x))
+
+    def heads(self, features: Tensor) -> PoseOutput:
+        """Backbone features (B, 480 | 720, H, W) to the outputs; a separate step so that a runtime can run
+        the backbone in another precision than the heads."""
         cls = self.transition_cls(features)
         final_heat = self.final_layers[0]
         branches = torch.stack(

@@ -41,7 +41,7 @@ function setStatus(text) {
 function setMode(mode) {
   demo.mode = mode;
   $("mode").textContent = mode;
-  $("stop").disabled = mode === "idle";
+  $("stop").disabled = mode === "idle" || mode === "image"; // an image is answered once: nothing runs to stop
 }
 
 async function errorText(response) {
