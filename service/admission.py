@@ -78,6 +78,7 @@ class ImageIntake:
                 except TimeoutError:
                     pass
         if self.inflight_pixels + pixels > limit:
+            self.metrics.shed.labels(reason="pixels").inc()
             raise BusyError(
                 f"{self.inflight_pixels} of {limit} pixels are being processed; this request needs {pixels}",
                 headers={"Retry-After": str(max(1, round(self.retry_after_s())))},
@@ -93,9 +94,17 @@ class ImageIntake:
                 self._freed.notify_all()
 
     @asynccontextmanager
-    async def admit(self, payloads: Sequence[bytes]) -> AsyncIterator[list[np.ndarray]]:
-        """The decoded images, their pixels held in the in-flight budget until the block exits."""
+    async def admit(
+        self, payloads: Sequence[bytes], check: Callable[[list[ImageHeader]], None] | None = None
+    ) -> AsyncIterator[list[np.ndarray]]:
+        """The decoded images, their pixels held in the in-flight budget until the block exits.
+
+        ``check`` sees the headers before any pixel is decoded (the batcher's admission: a request that
+        would be answered too late costs a header read, not a decode).
+        """
         headers = await self.run(self._headers, payloads)
+        if check is not None:
+            check(headers)
         async with self.reserve(sum(h.pixels for h in headers)):
             yield list(
                 await asyncio.gather(

@@ -14,6 +14,7 @@ from pose.config import ModelConfig
 from service.admission import ImageIntake
 from service.batcher import DynamicBatcher
 from service.errors import NotReadyError, ShuttingDownError, UnauthorizedError
+from service.memory import IdleTrimmer
 from service.metrics import Metrics
 from service.schemas import RuntimeInfo
 from service.settings import Settings
@@ -35,16 +36,27 @@ class ServiceState:
     batcher: DynamicBatcher | None = None
     intake: ImageIntake | None = None
     runtime: RuntimeInfo | None = None  # what the backend runs, refreshed after each batch on CUDA
+    trimmer: IdleTrimmer | None = None
     streams: int = 0  # WebSocket streams open
     ready: bool = False
+    preparing: str | None = None  # what start-up is doing now, while not ready
+    failed: str | None = None  # why start-up failed (the server then exits with status 1)
     shutting_down: bool = False  # SIGTERM came: new work is refused as such, not as "not loaded yet"
+
+    @property
+    def not_ready_reason(self) -> str:
+        if self.shutting_down:
+            return "the service is shutting down"
+        if self.failed is not None:
+            return f"start-up failed: {self.failed}"
+        return f"the model is not ready yet: {self.preparing or 'starting'}"
 
     def check_ready(self) -> None:
         """Raises the 503 a request gets when the service cannot take it now, naming why."""
         if self.shutting_down:
             raise ShuttingDownError("the service is shutting down; send the request again")
         if not self.ready:
-            raise NotReadyError("the model is not loaded yet")
+            raise NotReadyError(self.not_ready_reason)
 
 
 def get_service(request: Request) -> ServiceState:
@@ -64,13 +76,13 @@ def get_metrics(service: ServiceDep) -> Metrics:
 
 def get_model(service: ServiceDep) -> ModelConfig:
     if service.config is None:
-        raise NotReadyError("the model is not loaded yet")
+        raise NotReadyError(service.not_ready_reason)
     return service.config
 
 
 def get_runtime(service: ServiceDep) -> RuntimeInfo:
     if service.runtime is None:
-        raise NotReadyError("the model is not loaded yet")
+        raise NotReadyError(service.not_ready_reason)
     return service.runtime
 
 
@@ -110,13 +122,17 @@ def require_api_key(
     check_api_key(settings, api_key or (bearer.credentials if bearer is not None else None))
 
 
+AUTH_CHALLENGE = 'Bearer realm="pose"'
+
+
 def check_api_key(settings: Settings, given: str | None) -> None:
     """Raise :class:`UnauthorizedError` unless no key is configured or ``given`` is it (constant-time)."""
     expected = settings.api_key
     if expected is None:
         return
     if not given or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise UnauthorizedError("missing or wrong API key")
+        # RFC 9110 requires the challenge on a 401: the key goes as a bearer token (or X-API-Key).
+        raise UnauthorizedError("missing or wrong API key", headers={"WWW-Authenticate": AUTH_CHALLENGE})
 
 
 ApiKey = Annotated[None, Depends(require_api_key)]

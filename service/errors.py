@@ -76,6 +76,13 @@ class QueueFullError(ServiceError):
     status, code = 429, "queue_full"
 
 
+class OverloadedError(ServiceError):
+    """The request could not be answered before its deadline: refused on arrival, or shed while it waited,
+    either way before any work was spent on it."""
+
+    status, code = 429, "overloaded"
+
+
 class BusyError(ServiceError):
     """Too many pixels in flight: the request was refused before any of its images was decoded."""
 

@@ -18,7 +18,15 @@ from PIL import Image, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
 
-__all__ = ["SUPPORTED_TYPES", "ImageHeader", "decode_image", "decode_pixels", "read_header", "sniff_type"]
+__all__ = [
+    "SUPPORTED_TYPES",
+    "ImageHeader",
+    "decode_image",
+    "decode_pixels",
+    "jpeg_has_end",
+    "read_header",
+    "sniff_type",
+]
 
 SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp")
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP"}
@@ -82,9 +90,42 @@ def read_header(data: bytes, max_pixels: int, min_side: int = 1, max_aspect: flo
         raise InvalidImageError(
             f"image is {width}x{height}; the long side may be at most {max_aspect:g}x the short one"
         )
-    if kind == "image/jpeg" and b"\xff\xd9" not in data[-64:].rstrip(b"\x00\n\r "):
-        raise InvalidImageError("truncated JPEG: no end-of-image marker")
+    if kind == "image/jpeg" and not jpeg_has_end(data):
+        raise InvalidImageError("truncated JPEG: no end-of-image marker after its image data")
     return ImageHeader(kind, width, height)
+
+
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7 carry no length
+
+
+def jpeg_has_end(data: bytes) -> bool:
+    """The JPEG's end-of-image marker follows its first scan: it is complete, whatever comes after it.
+
+    Phones and editors append data after the end marker (trailers, a motion photo's video), so the end of
+    the file proves nothing. The segments before the first scan are walked by their lengths (an EXIF
+    thumbnail inside APP1 has an end marker of its own); inside scan data the byte pair FF D9 can only be
+    the end marker, since JPEG stuffs every other FF with 00.
+    """
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker == 0xD9:  # an end before any scan: no image data
+            return False
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return False
+        if marker == 0xDA:  # start of scan: the image data runs to the end marker
+            return data.find(b"\xff\xd9", pos + 2 + length) >= 0
+        pos += 2 + length
+    return False
 
 
 def decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:

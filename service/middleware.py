@@ -40,7 +40,8 @@ def _request_id(scope: Scope) -> str:
 class RequestMiddleware:
     """Tags every HTTP request with an id (the client's ``X-Request-ID`` or a new one), returns it on every
     response, logs one access line, and records ``POST /v1/pose`` in the Prometheus metrics. A request whose
-    client disconnected before the answer is counted under its own status label."""
+    client disconnected before the answer, or before the end of a streamed one, is counted under its own
+    status label (499)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, pose_path: str = "/v1/pose") -> None:
         self.app = app
@@ -57,7 +58,7 @@ class RequestMiddleware:
         request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500  # what an exception that escapes the app becomes
-        started = disconnected = False
+        started = completed = disconnected = False
         start = time.perf_counter()
 
         async def receive_watching() -> Message:
@@ -67,11 +68,12 @@ class RequestMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, completed
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
+            completed |= message["type"] == "http.response.body" and not message.get("more_body", False)
 
         counted = scope["path"] == self.pose_path
         if counted:
@@ -80,7 +82,8 @@ class RequestMiddleware:
             await self.app(scope, receive_watching, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
-            label = CLIENT_LEFT if disconnected else str(status)
+            # A client gone before the answer, or in the middle of a streamed one (NDJSON), never received it.
+            label = CLIENT_LEFT if disconnected or (started and not completed) else str(status)
             if counted:
                 self.metrics.inflight.dec()
                 self.metrics.request_seconds.observe(elapsed)

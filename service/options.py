@@ -45,7 +45,11 @@ class DecodeOptions(BaseModel):
     )
     flip: bool | None = Field(None, description="flip test (default: the model's)")
     scales: list[Scale] | None = Field(
-        None, min_length=1, max_length=4, description="test scales, 1.0 among them (default: the model's)"
+        None,
+        min_length=1,
+        max_length=4,
+        description="test scales, 1.0 among them: poses are grouped at scale 1 (default: the model's)",
+        json_schema_extra={"contains": {"const": 1.0}},  # the rule, in the schema clients generate requests from
     )
 
     @field_validator("scales")

@@ -7,11 +7,12 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pose.pipeline import PoseResult
+from service.batch_cost import work_units
 from service.batcher import BatchInfo, DynamicBatcher
 from service.bodies import images_from_body, read_body
 from service.deps import (
@@ -25,10 +26,11 @@ from service.deps import (
     SettingsDep,
 )
 from service.errors import ClientDisconnectedError, RequestTimeoutError
-from service.imaging import SUPPORTED_TYPES
+from service.imaging import SUPPORTED_TYPES, ImageHeader
 from service.options import PoseOptions, RunOptions, resolve_options
 from service.responses import build_response
 from service.schemas import Health, ModelInfo, ModelsResponse, PoseRequest, PoseResponse, upload_body
+from service.settings import Settings
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {
@@ -41,7 +43,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Body or image too large",
         415: "Unsupported content type",
         422: "Invalid options",
-        429: "Queue full (see Retry-After)",
+        429: "Overloaded: the answer would come after the deadline, the queue is full or too many pixels are in "
+        "flight (see Retry-After)",
         503: "Not ready or shutting down",
         504: "Request timed out",
     }.items()
@@ -60,29 +63,45 @@ async def _wait_for_disconnect(request: Request) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _submit(
-    request: Request,
-    batcher: DynamicBatcher,
-    images: list[np.ndarray],
-    run: RunOptions,
-    remaining: float,
-    limit: float,
+async def submit_watching_client(
+    request: Request, batcher: DynamicBatcher, images: list[np.ndarray], run: RunOptions, deadline: float, limit: float
 ) -> tuple[list[PoseResult], BatchInfo]:
-    """Queue the images; give up (and free the batch slot) on timeout or when the client disconnects."""
+    """Queue the images; give up (and free the queue slot) when the client disconnects.
+
+    The batcher owns the deadline: it refuses or sheds a request it cannot answer in time, and answers
+    every request it started. The wait here ends on its own only if the device stops answering at all.
+    """
     if await request.is_disconnected():  # it left while the body was read or decoded: no slot for it
         raise ClientDisconnectedError("the client went away before its images were queued")
-    work = asyncio.ensure_future(batcher.submit(images, run))
+    work = asyncio.ensure_future(batcher.submit(images, run, deadline))
     watch = asyncio.ensure_future(_wait_for_disconnect(request))
+    stuck_after = max(deadline - time.perf_counter(), 0.0) + limit
     try:
-        done, _ = await asyncio.wait({work, watch}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({work, watch}, timeout=stuck_after, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watch.cancel()
     if work in done:
         return work.result()
-    work.cancel()  # its future is cancelled, so the worker skips it
+    work.cancel()  # its future is cancelled: a waiting request leaves the queue, a computing one is not sent
     if watch in done:
         raise ClientDisconnectedError("the client went away before its result was ready")
-    raise RequestTimeoutError(f"no result within {limit:g} s")
+    raise RequestTimeoutError(f"the model gave no answer within {limit:g} s after the deadline")
+
+
+def request_deadline(start: float, settings: Settings, timeout: float | None) -> float:
+    """The request's deadline: the client's ``X-Request-Timeout`` when shorter than the service's limit."""
+    limit = settings.request_timeout_s
+    return start + (min(timeout, limit) if timeout is not None else limit)
+
+
+LEAST_WORK_UNITS = 1.0  # batch_cost.work_units of one square image, no flip, scale 1
+
+REQUEST_TIMEOUT_HEADER = Header(
+    alias="X-Request-Timeout",
+    gt=0,
+    description="seconds the client will wait for the answer (default and upper bound: the service's "
+    "POSE_REQUEST_TIMEOUT_S); a request that cannot be answered in time is refused at once with 429",
+)
 
 
 @pose_router.post("/pose", response_model=PoseResponse, responses=ERRORS, openapi_extra=POSE_BODY)
@@ -95,6 +114,7 @@ async def estimate_pose(
     intake: IntakeDep,
     metrics: MetricsDep,
     query: Annotated[PoseOptions, Query()],
+    timeout: Annotated[float | None, REQUEST_TIMEOUT_HEADER] = None,
 ) -> PoseResponse:
     """Every person's keypoints in one or more images.
 
@@ -102,18 +122,30 @@ async def estimate_pose(
     `image`; several files allowed), or as JSON `{"images": [{"data": "<base64>"}], ...options}`.
     """
     start = time.perf_counter()
+    deadline = request_deadline(start, settings, timeout)
+    # Before the body is read: would even the least work a request can hold (one square image, one pass at
+    # scale 1: a unit) be answered too late? Then refusing costs no read, no parse and no thread hop.
+    batcher.check_admission(LEAST_WORK_UNITS, 1, deadline)
     body = await read_body(request, settings.max_body_bytes)
     payloads, options = await images_from_body(request, body, query, settings.max_images_per_request, intake.run)
     del body  # a JSON body's text is not needed once its images are decoded from base64
     resolved = resolve_options(options, settings, config)
-    async with intake.admit(payloads) as images:
-        remaining = settings.request_timeout_s - (time.perf_counter() - start)
-        results, info = await _submit(
-            request, batcher, images, resolved.run, max(remaining, 0.001), settings.request_timeout_s
+
+    def admit(headers: list[ImageHeader]) -> None:  # before decoding: a late answer costs nothing
+        units = work_units(((h.width, h.height) for h in headers), resolved.run, config.input.size)
+        batcher.check_admission(units, len(headers), deadline)
+
+    async with intake.admit(payloads, check=admit) as images:
+        results, info = await submit_watching_client(
+            request, batcher, images, resolved.run, deadline, settings.request_timeout_s
         )
         # Building the response (people, overlays) is CPU work: it runs in a thread so the event loop stays
         # free to admit the requests that form the next batch.
         response = await asyncio.to_thread(build_response, config, images, results, info, resolved, start)
+    if await request.is_disconnected():
+        metrics.wasted_images.labels(reason="client_gone").inc(len(images))
+        raise ClientDisconnectedError("the client went away while its answer was being built")
+    metrics.delivered_images.labels(deadline="met" if time.perf_counter() <= deadline else "missed").inc(len(images))
     metrics.images.inc(len(images))
     for r in response.results:
         metrics.persons.observe(len(r.people))
@@ -161,7 +193,7 @@ async def ready(service: ServiceDep) -> Response | Health:
     KServe/Triton spelling)."""
     if service.ready:
         return Health(status="ready")
-    return JSONResponse({"status": "not_ready"}, status_code=503)
+    return JSONResponse({"status": "not_ready", "reason": service.not_ready_reason}, status_code=503)
 
 
 @health_router.get(

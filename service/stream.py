@@ -34,7 +34,9 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from pose.pipeline import PoseResult
+from pose.results import best_first
 from pose.tracking import PoseTracker, TrackerConfig
+from service.batch_cost import work_units
 from service.deps import ServiceState, check_api_key
 from service.errors import (
     BusyError,
@@ -42,15 +44,16 @@ from service.errors import (
     InvalidOptionError,
     InvalidRequestError,
     NotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
     QueueFullError,
-    RequestTimeoutError,
     ServiceError,
     ShuttingDownError,
     TooManyStreamsError,
     validation_details,
 )
 from service.frames import Frame, FrameQueue
+from service.imaging import ImageHeader
 from service.options import ResolvedOptions, StreamOptions, resolve_options
 from service.stream_schemas import StreamControl, StreamError, StreamPoses, StreamReady, TrackedPerson
 
@@ -60,7 +63,7 @@ log = logging.getLogger("pose.stream")
 
 CLOSE_CODE_BASE = 4000  # + the HTTP status: the range RFC 6455 leaves to applications
 MAX_REASON_BYTES = 123  # a close frame's reason must fit in 125 bytes with the code
-_OVERLOAD = (BusyError, QueueFullError)  # the frame is dropped, not failed
+_OVERLOAD = (BusyError, QueueFullError, OverloadedError)  # the frame is dropped, not failed
 # What sending to or closing a socket whose client left raises (Starlette, or uvicorn's ClientDisconnected).
 _CLIENT_GONE = (WebSocketDisconnect, RuntimeError, OSError)
 
@@ -146,7 +149,7 @@ class Stream:
         """
         tracked = self.tracker.update(poses.above(self.options.score_threshold), time_s)
         scores = _finite(tracked.scores.numpy())
-        order = np.argsort(-scores, kind="stable")[: self.options.max_people]
+        order = best_first(tracked.scores)[: self.options.max_people].numpy()
         return [
             TrackedPerson(track_id=i, score=s, bbox=tuple(b), keypoints=[tuple(j) for j in k])
             for i, s, b, k in zip(
@@ -165,12 +168,16 @@ class Stream:
             raise NotReadyError("the model is not loaded yet")
         if frame.error is not None:
             raise frame.error
-        timeout = service.settings.request_timeout_s
-        async with service.intake.admit([frame.data]) as images:
-            try:
-                results, info = await asyncio.wait_for(service.batcher.submit(images, self.options.run), timeout)
-            except TimeoutError:
-                raise RequestTimeoutError(f"no result within {timeout:g} s") from None
+        batcher, run, config = service.batcher, self.options.run, service.config
+        assert config is not None
+        deadline = frame.received + service.settings.request_timeout_s
+
+        def admit(headers: list[ImageHeader]) -> None:  # a frame that would be answered too late is dropped
+            units = work_units(((h.width, h.height) for h in headers), run, config.input.size)
+            batcher.check_admission(units, len(headers), deadline)
+
+        async with service.intake.admit([frame.data], check=admit) as images:
+            results, info = await batcher.submit(images, run, deadline)
             height, width = images[0].shape[:2]
         people = await asyncio.to_thread(self.track, results[0], frame.received - self.opened)
         return StreamPoses(
@@ -236,10 +243,18 @@ async def _answer(websocket: WebSocket, queue: FrameQueue, stream: Stream) -> No
                 seq=frame.seq, time=frame.client_time, code=err.code, message=err.message, dropped=queue.take_dropped()
             )
             metrics.stream_frames.labels(outcome="failed").inc()
-        await websocket.send_text(message.model_dump_json())
+        try:
+            await websocket.send_text(message.model_dump_json())
+        except _CLIENT_GONE:
+            if isinstance(message, StreamPoses):
+                metrics.wasted_images.labels(reason="client_gone").inc()
+            raise
         if isinstance(message, StreamPoses):
+            latency = time.perf_counter() - frame.received
             metrics.stream_frames.labels(outcome="answered").inc()
-            metrics.stream_frame_seconds.observe(time.perf_counter() - frame.received)
+            metrics.stream_frame_seconds.observe(latency)
+            in_time = latency <= stream.service.settings.request_timeout_s
+            metrics.delivered_images.labels(deadline="met" if in_time else "missed").inc()
 
 
 async def _close(websocket: WebSocket, err: ServiceError) -> None:

@@ -41,12 +41,15 @@ from pose.results import Person, frame_record
 from pose.tracking import PoseTracker, TrackedPoses, TrackerConfig
 from pose.video import VideoFrame, VideoInfo, VideoWriter, iter_frames, probe
 from service.batcher import DynamicBatcher
+from service.bodies import body_chunks
 from service.deps import ApiKey, BatcherDep, IntakeDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import (
     BusyError,
+    ClientDisconnectedError,
     InvalidRequestError,
     InvalidVideoError,
     NotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
     QueueFullError,
     ServiceError,
@@ -54,6 +57,7 @@ from service.errors import (
     VideoTooLargeError,
     error_body,
 )
+from service.imaging import sniff_type
 from service.options import ResolvedOptions, VideoOptions, resolve_options
 from service.routes import ERRORS
 from service.schemas import (
@@ -72,6 +76,7 @@ log = logging.getLogger("pose.service")
 
 VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "application/octet-stream")
 MULTIPART_FIELDS = ("file", "video")
+IMAGE_DEMUXERS = ("image2",)  # and every "*_pipe": FFmpeg opens a still image as a 1-frame video
 NDJSON = "application/x-ndjson"
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -164,7 +169,7 @@ async def save_upload(request: Request, limit: int, dest: Path) -> None:
 
     async def capped() -> AsyncIterator[bytes]:
         nonlocal received
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request):
             received += len(chunk)
             if received > limit:
                 raise PayloadTooLargeError(f"body exceeds the video limit of {limit} bytes")
@@ -190,7 +195,7 @@ async def save_upload(request: Request, limit: int, dest: Path) -> None:
 
     try:
         form = await Request(request.scope, receive).form(max_files=1, max_fields=8)
-    except PayloadTooLargeError:
+    except (PayloadTooLargeError, ClientDisconnectedError):
         raise
     except Exception:  # malformed multipart of any kind is the client's error
         raise InvalidRequestError("malformed multipart/form-data body (boundary or part headers)") from None
@@ -206,10 +211,17 @@ async def save_upload(request: Request, limit: int, dest: Path) -> None:
 
 def check_video(path: Path, settings: Settings) -> VideoInfo:
     """The headers, refusing what should not be decoded: 400 unreadable, 413 too long or too big a frame."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    with contextlib.suppress(UnsupportedMediaTypeError):  # not an image: as it should be
+        kind = sniff_type(head)
+        raise UnsupportedMediaTypeError(f"the upload is a {kind} image, not a video; send images to POST /v1/pose")
     try:
         info = probe(path)
     except VideoReadError as err:
         raise InvalidVideoError(f"cannot read the video: {err}") from None
+    if info.container in IMAGE_DEMUXERS or info.container.endswith("_pipe"):
+        raise UnsupportedMediaTypeError(f"the upload is a still image ({info.container}), not a video container")
     if info.num_frames < 1:
         raise InvalidVideoError("the video holds no frames")
     if info.duration_s > settings.video_max_duration_s:
@@ -314,18 +326,18 @@ def _draw(writer: VideoWriter, image: np.ndarray, people: list[tuple[Person, int
 async def _run_batch(
     batcher: DynamicBatcher, images: list[np.ndarray], options: ResolvedOptions, timeout_s: float
 ) -> list[PoseResult]:
-    """The batcher's answer; a full queue is waited out (the stream has begun: a 429 can no longer be sent)."""
-    deadline = time.monotonic() + timeout_s
+    """The batcher's answer within ``timeout_s``; refusals for load are waited out (the stream has begun:
+    a 429 can no longer be sent), the time-out is the stream's last line."""
+    deadline = time.perf_counter() + timeout_s
     while True:
         try:
-            results, _ = await asyncio.wait_for(
-                batcher.submit(images, options.run), max(deadline - time.monotonic(), 0)
-            )
+            results, _ = await batcher.submit(images, options.run, deadline)
             return results
-        except QueueFullError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+        except (QueueFullError, OverloadedError) as err:
+            wait_s = float((err.headers or {}).get("Retry-After", 1))
+            if time.perf_counter() + wait_s > deadline:
+                raise TimeoutError from None
+            await asyncio.sleep(min(wait_s, 0.25))
 
 
 @dataclass
@@ -349,6 +361,7 @@ async def stream_lines(
     reserve: Callable[[int], contextlib.AbstractAsyncContextManager[None]],
     store: OverlayStore,
     on_frames: Callable[[int], None],
+    on_unsent: Callable[[int], None],
     done: Callable[[], None],
 ) -> AsyncIterator[bytes]:
     """The response body; whatever ends it (the end, an error, the client leaving) frees the slot and file."""
@@ -360,6 +373,7 @@ async def stream_lines(
     overlay_id, overlay_path = store.reserve() if opts.overlay else (None, None)
     writer: VideoWriter | None = None
     codec = ""
+    unsent = 0  # frames computed whose lines are not sent yet
     try:
         if overlay_path is not None:
             fps = job.info.fps / opts.stride
@@ -382,8 +396,10 @@ async def stream_lines(
                 if writer is not None:
                     await asyncio.to_thread(_draw, writer, frame.image, drawn, job.config)
             job.frames += len(frames)
-            on_frames(len(frames))
+            unsent = len(frames)
             yield "".join(lines).encode()
+            unsent = 0  # the server asked for the next lines: these were sent
+            on_frames(len(frames))
         overlay = None
         if writer is not None and overlay_id is not None:
             await asyncio.to_thread(writer.close)
@@ -411,6 +427,8 @@ async def stream_lines(
         message = "internal error; the service's log has the details under this request id"
         yield (json.dumps(error_body("internal_error", message)) + "\n").encode()
     finally:
+        if unsent:  # the client stopped reading: these frames were computed for nobody
+            on_unsent(unsent)
         reader.stop()
         if writer is not None:
             with contextlib.suppress(Exception):
@@ -490,7 +508,14 @@ async def estimate_video_poses(
             path.unlink(missing_ok=True)
             videos.release()
 
-    body = stream_lines(job, batcher, reserve, videos.overlays, metrics.video_frames.inc, finish)
+    def sent(frames: int) -> None:
+        metrics.video_frames.inc(frames)
+        metrics.delivered_images.labels(deadline="met").inc(frames)  # a group past its deadline ends the stream
+
+    def unsent(frames: int) -> None:
+        metrics.wasted_images.labels(reason="client_gone").inc(frames)
+
+    body = stream_lines(job, batcher, reserve, videos.overlays, sent, unsent, finish)
     weakref.finalize(body, finish)  # a client gone before the first byte: the body is dropped unstarted
     return StreamingResponse(body, media_type=NDJSON)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Iterator
 
@@ -106,3 +107,36 @@ def test_images_are_counted_before_any_base64_is_decoded(client: TestClient) -> 
 def test_settings_refuse_a_request_budget_that_could_never_be_admitted() -> None:
     with pytest.raises(ValueError, match="max_request_pixels"):
         Settings(max_request_pixels=10, max_inflight_pixels=5)
+
+
+def test_a_json_body_with_more_values_than_any_request_is_refused_before_it_is_parsed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the body was parsed")
+
+    monkeypatch.setattr(service.bodies.PoseRequest, "model_validate_json", never)
+    body = b'{"images": [' + b",".join([b'{"data": ""}'] * 150_000) + b"]}"  # 1.8 MB of empty images
+    r = client.post("/v1/pose", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    assert "at most 4 images" in r.json()["error"]["message"]
+    flat = b'{"images": [{"data": ""}], "scales": [' + b",".join([b"1"] * 100_000) + b"]}"
+    r = client.post("/v1/pose", content=flat, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "values" in r.json()["error"]["message"]
+
+
+def test_the_largest_valid_json_request_passes_the_pre_parse_count() -> None:
+    limit = 16
+    body = {
+        **as_json(*[b"\xff\xd8\xff"] * limit),
+        "score_threshold": 0.2,
+        "max_people": 5,
+        "flip": True,
+        "scales": [2.0, 1.5, 1.0, 0.5],
+        "overlay": True,
+        "format": "coco",
+    }
+    encoded = json.dumps(body).encode()
+    service.bodies._check_json_size(encoded, limit)  # no exception: every valid body is parsed
+    images, options = service.bodies._json(encoded, service.bodies.PoseOptions(), limit)
+    assert len(images) == limit and options.scales == [2.0, 1.5, 1.0, 0.5]

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -163,6 +166,13 @@ def exif_rotated_jpeg() -> bytes:
     return buf.getvalue()
 
 
+def jpeg_with_trailer() -> bytes:
+    """A JPEG followed by data after its end marker, as phones and editors write them (a trailer, or a motion
+    photo's video): here 4 kB that even holds an FF D9 pair of its own."""
+    rng = np.random.default_rng(0)
+    return scene_jpeg() + b"MotionPhoto_Data" + rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() + b"\xff\xd9x"
+
+
 GOOD_VARIANTS = {
     "grayscale png": (png(np.full((20, 30), 128, np.uint8)), (30, 20)),
     "rgba png": (png(np.full((20, 30, 4), 200, np.uint8)), (30, 20)),
@@ -170,6 +180,7 @@ GOOD_VARIANTS = {
     "1x1 png": (png(np.zeros((1, 1, 3), np.uint8)), (1, 1)),
     "bmp": (encoded(np.full((20, 30, 3), 90, np.uint8), "BMP"), (30, 20)),
     "exif-rotated jpeg": (exif_rotated_jpeg(), (20, 60)),
+    "jpeg with data after its end": (jpeg_with_trailer(), SCENE_SIZE),
 }
 
 
@@ -185,6 +196,7 @@ BAD_INPUTS = {
     "empty body": (b"", "image/jpeg", 400, "invalid_image"),
     "not an image": (b"hello world, not a picture", "image/jpeg", 415, "unsupported_media_type"),
     "truncated jpeg": (scene_jpeg()[:5000], "image/jpeg", 400, "invalid_image"),
+    "truncated jpeg ending in zeros": (scene_jpeg()[:-2000] + bytes(100), "image/jpeg", 400, "invalid_image"),
     "truncated png": (png(np.zeros((64, 64, 3), np.uint8))[:60], "image/png", 400, "invalid_image"),
     "unsupported type": (b"GIF89a....", "image/gif", 415, "unsupported_media_type"),
     "zero-size png": (png_header(0, 0), "image/png", 400, "invalid_image"),
@@ -315,19 +327,55 @@ def test_full_queue_returns_429_with_retry_after() -> None:
         assert int(rejected.headers["retry-after"]) >= 1 and rejected.json()["error"]["code"] == "queue_full"
 
 
-def test_timeout_returns_504_and_the_service_recovers() -> None:
+def test_a_request_past_its_deadline_before_it_is_queued_is_refused_uncomputed_and_the_service_recovers() -> None:
     data = scene_jpeg()
     with TestClient(create_app(settings(request_timeout_s=0.01, warmup=False))) as c:
         r = c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"})
-        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded", r.text
+        assert int(r.headers["retry-after"]) >= 1
+        metrics = c.get("/metrics").text
+        assert "pose_batch_size_count 0.0" in metrics  # nothing was computed for it
+        shed = {r: f'pose_shed_requests_total{{reason="{r}"}} 1.0' in metrics for r in ("deadline", "expired")}
+        assert sum(shed.values()) == 1, metrics  # refused on arrival, or shed from the queue: once either way
         assert c.get("/health/ready").status_code == 200
         c.app.state.service.settings.request_timeout_s = 60.0
         assert c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"}).status_code == 200
 
 
+def test_a_client_deadline_shorter_than_the_service_limit_is_honoured_and_a_bad_one_is_a_422() -> None:
+    data = scene_jpeg()
+    with TestClient(create_app(settings(warmup=False))) as c:
+        jpeg = {"content-type": "image/jpeg"}
+        r = c.post("/v1/pose", content=data, headers={**jpeg, "x-request-timeout": "0.001"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded", r.text
+        assert c.post("/v1/pose", content=data, headers={**jpeg, "x-request-timeout": "20"}).status_code == 200
+        for bad in ("0", "-1", "soon"):
+            r = c.post("/v1/pose", content=data, headers={**jpeg, "x-request-timeout": bad})
+            assert r.status_code == 422 and "X-Request-Timeout" in r.json()["error"]["message"], (bad, r.text)
+
+
+def test_a_device_that_stops_answering_gives_a_504_after_the_deadline_and_a_timeout_more() -> None:
+    data = scene_jpeg()
+    with TestClient(create_app(settings(request_timeout_s=0.5, warmup=False))) as c:
+        batcher = c.app.state.service.batcher
+        wedged = threading.Event()
+
+        def stuck(images, run):  # noqa: ANN001, ANN202
+            wedged.wait(5)
+            raise RuntimeError("released")
+
+        batcher.run_batch = stuck
+        r = c.post("/v1/pose", content=data, headers={"content-type": "image/jpeg"})
+        wedged.set()
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+
+
 def test_api_key_is_required_when_configured() -> None:
     with TestClient(create_app(settings(api_key="s3cret", warmup=False))) as c:
-        assert c.get("/v1/models").status_code == 401
+        refused = c.get("/v1/models")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer ")
+        r = c.post("/v1/pose", content=scene_jpeg(), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == refused.headers["www-authenticate"]
         assert c.get("/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
@@ -370,6 +418,13 @@ def test_openapi_documents_every_body_type_options_and_security(client: TestClie
     options = {"score_threshold", "max_people", "flip", "scales", "overlay", "format"}
     assert options <= set(body["properties"])  # the same options, declared once
     assert options == {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    # The scales rule is in the schema clients generate requests from: 1.0 must be among them.
+    query_scales = next(p["schema"] for p in operation["parameters"] if p["name"] == "scales")
+    for schema in (query_scales, body["properties"]["scales"]):
+        assert jsonschema.Draft202012Validator(schema).is_valid([2.0, 1.0, 0.5])
+        assert not jsonschema.Draft202012Validator(schema).is_valid([0.5, 2.0])
+    headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+    assert headers == {"X-Request-Timeout"}
     for ref in _refs(spec):  # every reference points at a declared schema
         assert ref.removeprefix("#/components/schemas/") in spec["components"]["schemas"], ref
     schemes = spec["components"]["securitySchemes"]
@@ -418,45 +473,70 @@ def test_request_id_is_returned_on_every_response_and_in_error_bodies(client: Te
     assert r.status_code == 422 and r.json()["error"]["request_id"] == r.headers["x-request-id"]
 
 
+def asgi_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    """An HTTP POST's ASGI scope, for driving the app with a client scripted message by message."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def drive(app, scope: dict, receive) -> tuple[list[dict], str]:  # noqa: ANN001
+    """Run one request through the app (lifespan included) with a scripted ``receive``; the messages the app
+    sent, and the metrics after it."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            metrics = (await c.get("/metrics")).text
+    return sent, metrics
+
+
 def test_a_client_that_left_takes_no_batch_slot_and_is_counted_apart() -> None:
     image = png(np.zeros((16, 16, 3), np.uint8))
+    messages = [{"type": "http.request", "body": image, "more_body": False}]
 
-    async def scenario() -> tuple[list[dict], str]:
-        app = create_app(settings(warmup=False))
-        sent: list[dict] = []
-        messages = [{"type": "http.request", "body": image, "more_body": False}]
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}  # then the client is gone
 
-        async def receive() -> dict:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}  # then the client is gone
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/pose",
-            "raw_path": b"/v1/pose",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(image)).encode())],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
-        async with app.router.lifespan_context(app):
-            await app(scope, receive, send)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                metrics = (await c.get("/metrics")).text
-        return sent, metrics
-
-    sent, metrics = asyncio.run(scenario())
+    headers = [(b"content-type", b"image/png"), (b"content-length", str(len(image)).encode())]
+    sent, metrics = asyncio.run(drive(create_app(settings(warmup=False)), asgi_scope("/v1/pose", headers), receive))
     assert sent[0]["status"] == 499
     assert 'pose_requests_total{status="499"} 1.0' in metrics
     assert "pose_batch_size_count 0.0" in metrics  # no batch ran for it
+
+
+def test_a_client_that_leaves_during_the_upload_is_one_info_line_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    image = png(np.zeros((16, 16, 3), np.uint8))
+    messages = [{"type": "http.request", "body": image[:10], "more_body": True}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}  # gone mid-body
+
+    headers = [(b"content-type", b"image/png"), (b"content-length", str(len(image)).encode())]
+    with caplog.at_level("INFO"):
+        sent, metrics = asyncio.run(drive(create_app(settings(warmup=False)), asgi_scope("/v1/pose", headers), receive))
+    assert sent[0]["status"] == 499 and 'pose_requests_total{status="499"} 1.0' in metrics
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    access = [r.getMessage() for r in caplog.records if r.name == "pose.access" and "/v1/pose" in r.getMessage()]
+    assert len(access) == 1 and access[0].startswith("POST /v1/pose 499")
 
 
 def test_log_lines_carry_the_request_id_as_text_or_json() -> None:

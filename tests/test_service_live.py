@@ -16,8 +16,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from pose.config import DEFAULT_MODEL
@@ -49,8 +51,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
 
 
 @contextlib.contextmanager
-def running_service(**env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``python -m service`` on a free loopback port, ready; killed afterwards if it has not exited."""
+def running_service(command: list[str] | None = None, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python -m service`` (or ``python *command``) on a free loopback port, ready; killed afterwards if it
+    has not exited."""
     port = free_port()
     env = {
         **os.environ,
@@ -62,7 +65,7 @@ def running_service(**env: str) -> Iterator[tuple[str, subprocess.Popen]]:
         **env,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        [sys.executable, *(command or ["-m", "service"])],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -165,3 +168,129 @@ def test_schemathesis_finds_no_server_errors(server: tuple[str, subprocess.Popen
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# The service with every batch slowed by a minute: what SIGTERM must not wait for.
+SLOWED_SERVICE = """
+import time
+import service.app as app
+
+served = app._run_batch
+
+
+def slowed(state):
+    run = served(state)
+
+    def run_slowly(images, options):
+        time.sleep(60)
+        return run(images, options)
+
+    return run_slowly
+
+
+app._run_batch = slowed
+from service.__main__ import main
+
+main()
+"""
+
+
+def test_sigterm_during_a_long_batch_exits_cleanly_within_the_drain_bound() -> None:
+    from service.__main__ import SHUTDOWN_MARGIN_S
+
+    drain_s = 1.0
+    data = scene_jpeg()
+    with running_service(
+        POSE_DRAIN_TIMEOUT_S=str(drain_s), POSE_MAX_BATCH_SIZE="1", command=["-c", SLOWED_SERVICE]
+    ) as (url, proc):
+        responses: list[httpx.Response | Exception] = []
+
+        def client() -> None:
+            try:
+                responses.append(
+                    httpx.post(f"{url}/v1/pose", content=data, headers={"content-type": "image/jpeg"}, timeout=90)
+                )
+            except httpx.HTTPError as err:
+                responses.append(err)
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while "pose_queue_depth 2.0" not in httpx.get(f"{url}/metrics").text:  # one computes, two wait
+            assert time.monotonic() < deadline, "the requests never queued"
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+        exited_after = time.monotonic() - signalled
+        for t in threads:
+            t.join(timeout=30)
+    log = proc.stdout.read() if proc.stdout else ""
+    assert code == 0, log
+    assert exited_after <= drain_s + SHUTDOWN_MARGIN_S, (exited_after, log)  # not the minute the batch takes
+    assert "abandoned" in log  # it says why it did not wait
+    statuses = [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in responses]
+    assert statuses == [503, 503, 503], statuses  # everyone was answered, the computing one included
+
+
+def start_unready(tmp_env: dict[str, str]) -> tuple[str, subprocess.Popen]:
+    """``python -m service`` on a free port, returned as soon as the port answers (before readiness)."""
+    port = free_port()
+    env = {**os.environ, "POSE_MODEL": str(DEFAULT_MODEL), "POSE_HOST": "127.0.0.1", "POSE_PORT": str(port), **tmp_env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health/live", timeout=1)
+            return url, proc
+        except httpx.TransportError:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError("the port did not open")
+
+
+@pytest.mark.slow
+def test_a_first_start_opens_the_port_at_once_serves_torch_then_switches_to_onnx_runtime(tmp_path: Path) -> None:
+    url, proc = start_unready({"POSE_ONNX_CACHE": str(tmp_path / "onnx")})  # nothing exported yet
+    try:
+        early = httpx.get(f"{url}/health/ready", timeout=5)
+        assert early.status_code == 503 and "torch network" in early.json()["reason"], early.text
+        assert httpx.get(f"{url}/health/live", timeout=5).status_code == 200
+        wait_ready(url, proc)
+        assert models(url)["backend"] == "torch"  # ready before the export ended
+        r = httpx.post(f"{url}/v1/pose", content=scene_jpeg(), headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200 and r.json()["results"][0]["people"]
+        deadline = time.monotonic() + 300
+        while models(url)["backend"] != "onnx":
+            assert time.monotonic() < deadline and proc.poll() is None, "ONNX Runtime never took over"
+            time.sleep(0.5)
+        again = httpx.post(f"{url}/v1/pose", content=scene_jpeg(), headers={"content-type": "image/jpeg"}, timeout=60)
+        people = lambda response: [p["score"] for p in response.json()["results"][0]["people"]]  # noqa: E731
+        assert again.status_code == 200 and np.allclose(people(again), people(r), atol=1e-3)  # the same poses
+        assert list((tmp_path / "onnx").rglob("*.onnx"))  # exported into the cache the next start reads
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_a_start_up_that_fails_says_why_in_the_log_and_exits_with_status_1(tmp_path: Path) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, broken, ignore=shutil.ignore_patterns("*.pth"))  # a config without weights
+    _, proc = start_unready({"POSE_MODEL": str(broken)})
+    assert proc.wait(timeout=60) == 1  # not serving 503s for ever: the orchestrator sees the failure
+    log = proc.stdout.read() if proc.stdout else ""
+    assert "the model could not be prepared" in log and "model.pth" in log, log
+
+
+def models(url: str) -> dict:
+    return httpx.get(f"{url}/v1/models", timeout=5).json()["models"][0]["runtime"]

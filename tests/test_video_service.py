@@ -3,11 +3,15 @@ and every way a bad upload is refused (with a 4xx JSON error, before decoding wh
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
+import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -19,7 +23,8 @@ from pose.video import VideoWriter, iter_frames, probe
 from service.app import create_app
 from service.settings import Settings
 
-from .scenes import needs_embedded_model
+from .scenes import needs_embedded_model, scene_jpeg
+from .test_service import asgi_scope, png
 
 pytestmark = needs_embedded_model
 FAST = {"flip": "false"}  # half the network time on CPU; the options path is the same
@@ -108,6 +113,52 @@ def test_unknown_overlay_is_404(client: TestClient) -> None:
 def test_a_file_that_is_not_a_video_is_400(client: TestClient) -> None:
     r = client.post("/v1/pose/video", content=b"\x00\x01not a video" * 64, headers={"content-type": "video/mp4"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_video"
+
+
+def test_a_still_image_labelled_as_a_video_is_415(client: TestClient) -> None:
+    for body in (scene_jpeg(), png(np.zeros((32, 48, 3), np.uint8))):
+        r = client.post("/v1/pose/video", content=body, headers={"content-type": "video/mp4"})
+        assert r.status_code == 415 and "not a video" in r.json()["error"]["message"], r.text
+    r = client.post("/v1/pose/video", files={"file": ("clip.mp4", scene_jpeg(), "video/mp4")})
+    assert r.status_code == 415
+
+
+def test_a_client_that_stops_reading_the_lines_is_logged_as_499_and_its_frames_as_wasted(
+    clip: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = clip.read_bytes()
+    first_lines = asyncio.Event()
+    sent_bodies: list[dict] = []
+    app = create_app(Settings(warmup=False, video_batch_frames=2))
+    headers = [(b"content-type", b"video/mp4"), (b"content-length", str(len(data)).encode())]
+    scope = {**asgi_scope("/v1/pose/video", headers), "query_string": b"flip=false"}
+    calls = {"n": 0}
+
+    async def scripted() -> dict:  # the whole upload, then nothing until the client leaves
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return {"type": "http.request", "body": data, "more_body": False}
+        await first_lines.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent_bodies.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_lines.set()  # the client read one group of lines, then went away
+
+    async def scenario() -> str:
+        async with app.router.lifespan_context(app):
+            await app(scope, scripted, send)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                return (await c.get("/metrics")).text
+
+    with caplog.at_level("INFO"):
+        metrics = asyncio.run(scenario())
+    access = [r.getMessage() for r in caplog.records if r.name == "pose.access" and "/video" in r.getMessage()]
+    assert len(access) == 1 and access[0].startswith("POST /v1/pose/video 499"), access
+    assert not any(m.get("more_body") is False and m["type"] == "http.response.body" for m in sent_bodies)
+    delivered = float(re.search(r'pose_delivered_images_total\{deadline="met"\} (\S+)', metrics)[1])
+    assert delivered < 8  # the clip has 8 frames; the client read fewer
 
 
 def test_a_truncated_container_is_400(client: TestClient, clip: Path, tmp_path: Path) -> None:
