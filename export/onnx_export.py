@@ -64,7 +64,9 @@ class HeadsWrapper(nn.Module):
         return out.heatmaps, out.offsets
 
 
-class _DropPrefix(logging.Filter):
+class DropPrefix(logging.Filter):
+    """Drops the log records whose message starts with ``prefix`` (a library's advice repeated per call)."""
+
     def __init__(self, prefix: str) -> None:
         super().__init__()
         self.prefix = prefix
@@ -84,7 +86,7 @@ def _known_exporter_noise() -> Iterator[None]:
     no dependency, its ops unused), and a pytree deprecation inside torch itself. Warnings and anything
     else still show."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    torchvision = _DropPrefix("torchvision is not installed")
+    torchvision = DropPrefix("torchvision is not installed")
     registration.addFilter(torchvision)
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from export.onnx_export import DropPrefix
 from pose.config import ModelConfig
 from pose.preprocess import image_to_tensor, plan_transform, resize_image
 
@@ -78,21 +79,12 @@ def _network_inputs(config: ModelConfig, images: Sequence[np.ndarray]) -> Iterat
             yield image_to_tensor(resize_image(picture, t), config.input).numpy()
 
 
-class _DropPrefix(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
 @contextmanager
 def _quantizer_noise() -> Iterator[None]:
     """Keep the quantizer to what matters: it prints its calibration progress to stdout and advises a
     pre-processing pass (shape inference, which ONNX Runtime's own graph optimizations make redundant here)
     on the root logger at every run."""
-    advice = _DropPrefix("Please consider")
+    advice = DropPrefix("Please consider")
     root = logging.getLogger()
     root.addFilter(advice)
     try:

@@ -54,25 +54,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
 def running_service(command: list[str] | None = None, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m service`` (or ``python *command``) on a free loopback port, ready; killed afterwards if it
     has not exited."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "POSE_MODEL": str(DEFAULT_MODEL),
-        "POSE_HOST": "127.0.0.1",
-        "POSE_PORT": str(port),
-        "POSE_MAX_BATCH_SIZE": "2",
-        "POSE_DRAIN_TIMEOUT_S": "60",
-        **env,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, *(command or ["-m", "service"])],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    url, proc = start_unready({"POSE_MAX_BATCH_SIZE": "2", "POSE_DRAIN_TIMEOUT_S": "60", **env}, command)
     try:
         wait_ready(url, proc)
         yield url, proc
@@ -234,12 +216,13 @@ def test_sigterm_during_a_long_batch_exits_cleanly_within_the_drain_bound() -> N
     assert statuses == [503, 503, 503], statuses  # everyone was answered, the computing one included
 
 
-def start_unready(tmp_env: dict[str, str]) -> tuple[str, subprocess.Popen]:
-    """``python -m service`` on a free port, returned as soon as the port answers (before readiness)."""
+def start_unready(settings: dict[str, str], command: list[str] | None = None) -> tuple[str, subprocess.Popen]:
+    """``python -m service`` (or ``python *command``) on a free port with ``POSE_*`` settings, returned as soon
+    as the port answers (before readiness)."""
     port = free_port()
-    env = {**os.environ, "POSE_MODEL": str(DEFAULT_MODEL), "POSE_HOST": "127.0.0.1", "POSE_PORT": str(port), **tmp_env}
+    env = {**os.environ, "POSE_MODEL": str(DEFAULT_MODEL), "POSE_HOST": "127.0.0.1", "POSE_PORT": str(port), **settings}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        [sys.executable, *(command or ["-m", "service"])],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
