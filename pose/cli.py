@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -127,9 +128,9 @@ def predict(
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        results, frames = _predict_media(
-            est, paths, videos, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score
-        )
+        run = _MediaRun(est, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score)
+        results = _predict_images(run, paths)
+        frames = [_predict_video(run, path) for path in videos]
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()  # a failed run leaves no empty folder behind
@@ -142,73 +143,63 @@ def predict(
         typer.echo(f"{_count(count, 'frame')} of {path.name} -> {out / (path.stem + '.ndjson')}")
 
 
-def _predict_media(
-    est: PoseEstimator,
-    paths: list[Path],
-    videos: list[Path],
-    out: Path,
-    overlay: bool,
-    stride: int,
-    max_frames: int | None,
-    track: bool,
-    smoothing: bool,
-    flip: bool | None,
-    scales: list[float] | None,
-    min_score: float | None,
-) -> tuple[list[dict], list[int]]:
-    """Images to predictions.json (and overlays), then each video; the COCO results and frames per video."""
+@dataclass(frozen=True)
+class _MediaRun:
+    """What one ``pose predict`` asks of every image and video it is given."""
+
+    est: PoseEstimator
+    out: Path
+    overlay: bool
+    stride: int
+    max_frames: int | None
+    track: bool
+    smoothing: bool
+    flip: bool | None
+    scales: list[float] | None
+    min_score: float | None
+
+
+def _predict_images(run: _MediaRun, paths: list[Path]) -> list[dict]:
+    """Images to predictions.json (and overlays); returns the COCO results."""
     from pose.draw import draw_people, encode_image
     from pose.results import coco_results, to_people
 
+    est = run.est
     results: list[dict] = []
     for index, path in enumerate(tqdm(paths, desc="images", unit="img", disable=len(paths) < 2)):
         image = est.read_image(path)
-        poses = est.predict(image, scales=scales, flip=flip, min_score=min_score)
+        poses = est.predict(image, scales=run.scales, flip=run.flip, min_score=run.min_score)
         results += coco_results(_image_id(path, index), poses.keypoints, poses.scores)
-        if overlay:
+        if run.overlay:
             people = to_people(poses.keypoints, poses.scores, poses.boxes)
             drawn = draw_people(image, people, est.config.keypoints.skeleton)
-            (out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
+            (run.out / f"{path.stem}_pose.jpg").write_bytes(encode_image(drawn))
     if paths:
-        (out / "predictions.json").write_text(json.dumps(results))
-    frames = [
-        _predict_video(est, path, out, overlay, stride, max_frames, track, smoothing, flip, scales, min_score)
-        for path in videos
-    ]
-    return results, frames
+        (run.out / "predictions.json").write_text(json.dumps(results))
+    return results
 
 
-def _predict_video(
-    est: PoseEstimator,
-    path: Path,
-    out: Path,
-    overlay: bool,
-    stride: int,
-    max_frames: int | None,
-    track: bool,
-    smoothing: bool,
-    flip: bool | None,
-    scales: list[float] | None,
-    min_score: float | None,
-) -> int:
+def _predict_video(run: _MediaRun, path: Path) -> int:
     """One video to ``<stem>.ndjson`` (and ``<stem>_pose.mp4``); returns the frames written."""
     from pose.draw import draw_people, track_colors
     from pose.results import best_first, frame_record, to_people
     from pose.tracking import TrackerConfig
     from pose.video import VideoWriter, probe
 
+    est = run.est
     info = probe(path)  # a file that is not a video fails here, before anything is written
     names = est.config.keypoints.names
-    writer = VideoWriter(out / f"{path.stem}_pose.mp4", info.fps / stride) if overlay else None
+    writer = VideoWriter(run.out / f"{path.stem}_pose.mp4", info.fps / run.stride) if run.overlay else None
     frames = 0
     try:
-        with (out / f"{path.stem}.ndjson").open("w") as lines:
+        with (run.out / f"{path.stem}.ndjson").open("w") as lines:
             tracked = est.track_video(
-                path, stride, max_frames, config=TrackerConfig(smoothing=smoothing), scales=scales, flip=flip,
-                min_score=min_score,
+                path, run.stride, run.max_frames, config=TrackerConfig(smoothing=run.smoothing), scales=run.scales,
+                flip=run.flip, min_score=run.min_score,
             )  # fmt: skip
-            for frame, people in tqdm(tracked, desc=path.name, unit="frame", total=info.num_frames // stride):
-                ids = people.track_ids if track else None
+            total = info.num_frames // run.stride
+            for frame, people in tqdm(tracked, desc=path.name, unit="frame", total=total):
+                ids = people.track_ids if run.track else None
                 record = frame_record(
                     frame.index, frame.time_s, people.keypoints, people.scores, people.boxes, ids, names
                 )
@@ -217,7 +208,7 @@ def _predict_video(
                 if writer is not None:
                     order = best_first(people.scores)
                     drawn = to_people(people.keypoints[order], people.scores[order], people.boxes[order], sort=False)
-                    colors = track_colors(people.track_ids[order].tolist()) if track else None
+                    colors = track_colors(people.track_ids[order].tolist()) if run.track else None
                     writer.write(draw_people(frame.image, drawn, est.config.keypoints.skeleton, colors=colors))
     finally:
         if writer is not None:
