@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pose.bulk import BulkOptions, RayOptions, run_batch
+from pose.bulk.ray_job import _local_ray_config
 from pose.data.synthetic import SceneConfig, render_scene
 
 from .bulk_data import ITEMS, OPTIONS, SHARD_SIZE, output_files
@@ -30,9 +31,27 @@ def local_ray() -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
+        **_local_ray_config(None),  # what `pose batch --ray` starts
     )
     yield
     ray.shutdown()
+
+
+def test_a_local_rays_workers_keep_the_drivers_priority(local_ray: None) -> None:
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)  # not 15 below it, starved by any other work on the node
+
+
+def test_a_joined_cluster_or_an_explicit_niceness_keeps_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    assert _local_ray_config(None) == {"_system_config": {"worker_niceness": 0}}
+    assert _local_ray_config("ray://head:10001") == {}
+    monkeypatch.setenv("RAY_worker_niceness", "5")
+    assert _local_ray_config(None) == {}
 
 
 def test_ray_job_with_a_pool_of_actors_equals_the_local_job(
@@ -61,7 +80,7 @@ def test_ray_job_with_a_pool_of_actors_equals_the_local_job(
     assert len(list((out / "overlays").iterdir())) == ITEMS - 1
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_few_hundred_images_on_ray_equal_the_local_job(local_ray: None, tmp_path: Path) -> None:
     folder = tmp_path / "scenes"
     folder.mkdir()

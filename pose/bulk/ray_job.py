@@ -16,6 +16,7 @@ system or a bucket.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -145,8 +146,18 @@ def _connect(address: str | None) -> float:
 
     start = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        ray.init(address=address, log_to_driver=False, include_dashboard=False, **_local_ray_config(address))
     return time.perf_counter() - start
+
+
+def _local_ray_config(address: str | None) -> dict[str, Any]:
+    """Ray runs its workers 15 nice levels below the driver; on a machine that also runs other work (a shared
+    node, a laptop) the model replicas then get a few per cent of a core and the job crawls, 20x slower on
+    2 cores shared 2:1. A local Ray started for this job is the user's foreground work: its workers keep the
+    driver's priority. A cluster joined by address, or an explicit ``RAY_worker_niceness``, keeps its own."""
+    if address is not None or "RAY_ADDRESS" in os.environ or "RAY_worker_niceness" in os.environ:
+        return {}
+    return {"_system_config": {"worker_niceness": 0}}
 
 
 def _commit(store: ShardStore, pending: dict[int, list[Item]], rows: pa.Table, shard_size: int) -> None:
