@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# GNU OpenMP threads spin for a while at each barrier before they sleep; on cores shared with other work a
+# spinning thread burns the time slice its partner needs, and the many small operators of the test models
+# ran up to 9x slower on 2 cores shared 2:1 (2.5x with this bound), for the same speed on idle cores.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
+import torch  # noqa: E402  (after the OpenMP setting, which is read when torch loads)
 
 if not torch.cuda.is_available():
     # Triton reads this when first imported, by whichever test module imports it first.
@@ -56,3 +62,17 @@ def bulk_local_run(bulk_inputs: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("bulk") / "local"
     run_batch([str(bulk_inputs)], out, options=BulkOptions(**OPTIONS, workers=1, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def embedded_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX cache holding the embedded model's portable graph, exported and checked once by ``auto`` (the
+    export is the slowest step of the tests that need it)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from pose.config import DEFAULT_MODEL, load_model_config
+    from pose.runtimes import RuntimeOptions, automatic_backend
+
+    cache = tmp_path_factory.mktemp("onnx_cache")
+    backend = automatic_backend(load_model_config(DEFAULT_MODEL), RuntimeOptions(onnx_cache=cache))
+    assert backend.name == "onnx", getattr(backend, "report", None)
+    return cache

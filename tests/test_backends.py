@@ -164,14 +164,10 @@ def test_float32_heads_need_a_float16_network() -> None:
     assert Settings(model=MODEL, device="cuda", half=True, float32_heads=True).float32_heads
 
 
-@pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One export of the embedded model's portable graph, shared by the tests below."""
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    cache = tmp_path_factory.mktemp("onnx_cache")
-    backend = automatic_backend(load_model_config(MODEL), RuntimeOptions(onnx_cache=cache))
-    assert backend.name == "onnx", getattr(backend, "report", None)
-    return cache
+@pytest.fixture
+def onnx_cache(embedded_onnx_cache: Path) -> Path:
+    """The session's one export of the embedded model's portable graph, made by ``auto`` into an empty cache."""
+    return embedded_onnx_cache
 
 
 def test_auto_on_a_cpu_serves_onnx_runtime_from_the_cache_once_it_matches_torch(

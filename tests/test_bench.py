@@ -22,6 +22,7 @@ def run_module(module: str, *args: str) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.long
 def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     run_module("bench.run", "--quick", "--device", "cpu", "--out", str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
@@ -37,6 +38,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
     assert (tmp_path / "report.md").read_text().startswith("# Benchmark report")
 
 
+@pytest.mark.long
 def test_ablation_smoke_run_writes_report_and_table(tmp_path: Path) -> None:
     """Two variants for two steps each: the script trains, evaluates each and writes the report and the table."""
     table = tmp_path / "training.md"
@@ -136,6 +138,7 @@ def test_gpu_check_keeps_finished_sections_when_cut_short(tmp_path: Path, monkey
     assert "network" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.long
 def test_gpu_check_smoke_run_fills_every_section(tmp_path: Path) -> None:
     """The same script, small, on the CPU: a GPU session's few minutes are not spent on its bugs."""
     run_module("bench.gpu", "--smoke", "--out", str(tmp_path))
@@ -180,6 +183,7 @@ def test_tracking_benchmark_smoke_run_scores_every_tracker(tmp_path: Path) -> No
         assert 0.0 <= row["min_idf1"] <= row["mean_idf1"] <= 1.0
 
 
+@pytest.mark.long
 def test_cpu_pipeline_benchmark_times_each_backend_and_checks_their_poses_agree(tmp_path: Path) -> None:
     out = tmp_path / "cpu.json"
     backends = ("torch", "auto", "api")  # the split and int8 rows quantize first: tests/test_runtimes.py covers them

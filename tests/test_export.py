@@ -67,6 +67,7 @@ def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.long
 def test_portable_w32_in_onnxruntime_equals_torch_at_two_sizes() -> None:
     torch.manual_seed(0)
     model = create_model(load_model_config(ROOT / "model_repo" / "hrnet_w32_coco_512")).eval()

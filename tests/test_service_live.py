@@ -216,9 +216,8 @@ def test_sigterm_during_a_long_batch_exits_cleanly_within_the_drain_bound() -> N
     assert statuses == [503, 503, 503], statuses  # everyone was answered, the computing one included
 
 
-def start_unready(settings: dict[str, str], command: list[str] | None = None) -> tuple[str, subprocess.Popen]:
-    """``python -m service`` (or ``python *command``) on a free port with ``POSE_*`` settings, returned as soon
-    as the port answers (before readiness)."""
+def spawn_service(settings: dict[str, str], command: list[str] | None = None) -> tuple[str, subprocess.Popen]:
+    """``python -m service`` (or ``python *command``) on a free port with ``POSE_*`` settings, just launched."""
     port = free_port()
     env = {**os.environ, "POSE_MODEL": str(DEFAULT_MODEL), "POSE_HOST": "127.0.0.1", "POSE_PORT": str(port), **settings}
     proc = subprocess.Popen(
@@ -229,7 +228,12 @@ def start_unready(settings: dict[str, str], command: list[str] | None = None) ->
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", proc
+
+
+def start_unready(settings: dict[str, str], command: list[str] | None = None) -> tuple[str, subprocess.Popen]:
+    """:func:`spawn_service`, returned as soon as the port answers (before readiness)."""
+    url, proc = spawn_service(settings, command)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -242,7 +246,7 @@ def start_unready(settings: dict[str, str], command: list[str] | None = None) ->
     raise TimeoutError("the port did not open")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_first_start_opens_the_port_at_once_serves_torch_then_switches_to_onnx_runtime(tmp_path: Path) -> None:
     url, proc = start_unready({"POSE_ONNX_CACHE": str(tmp_path / "onnx")})  # nothing exported yet
     try:
@@ -269,7 +273,7 @@ def test_a_first_start_opens_the_port_at_once_serves_torch_then_switches_to_onnx
 def test_a_start_up_that_fails_says_why_in_the_log_and_exits_with_status_1(tmp_path: Path) -> None:
     broken = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, broken, ignore=shutil.ignore_patterns("*.pth"))  # a config without weights
-    _, proc = start_unready({"POSE_MODEL": str(broken)})
+    _, proc = spawn_service({"POSE_MODEL": str(broken)})  # it may exit before the port is ever seen open
     assert proc.wait(timeout=60) == 1  # not serving 503s for ever: the orchestrator sees the failure
     log = proc.stdout.read() if proc.stdout else ""
     assert "the model could not be prepared" in log and "model.pth" in log, log

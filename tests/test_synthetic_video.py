@@ -102,7 +102,7 @@ def test_poses_on_hidden_people_are_neither_counted_nor_false_positives() -> Non
 # ---- the embedded model -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @needs_embedded_model
 def test_embedded_model_tracks_default_scenes_with_idf1_above_0_9() -> None:
     """The first three default clips, each with a crossing where someone is half hidden; without flip to

@@ -87,7 +87,7 @@ json.dump(report, sys.stdout)
 """
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_kernel_compiles_ahead_of_time_for_ampere_and_hopper() -> None:
     """A compile error (the interpreter accepts code that the compiler rejects) fails here without a GPU."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
