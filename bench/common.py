@@ -27,6 +27,7 @@ def environment(device: str) -> dict[str, Any]:
     env: dict[str, Any] = {
         "device": device,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_int8_instructions": cpu_int8_instructions(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -40,6 +41,16 @@ def environment(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+def cpu_int8_instructions() -> list[str] | None:
+    """The CPU's int8 dot-product instructions. Without them ONNX Runtime's int8 convolutions take another path,
+    one that can saturate, so int8 agreement belongs to the machine as well as the model. None where unknown."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def time_call(fn: Callable[[], Any], repeat: int, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
