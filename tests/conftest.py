@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,12 @@ import pytest
 os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 import torch  # noqa: E402  (after the OpenMP setting, which is read when torch loads)
+
+# The graphs `auto` exports go to one cache for the run, never the user's ~/.cache/pose: a fresh machine and
+# a developer's do the same work (the first test that needs a graph exports it, the others and every
+# subprocess reuse it), and a stale graph of an earlier checkout cannot stand in for this one's.
+RUN_ONNX_CACHE = Path(tempfile.mkdtemp(prefix="pose-tests-onnx-"))
+os.environ["POSE_ONNX_CACHE"] = str(RUN_ONNX_CACHE)
 
 if not torch.cuda.is_available():
     # Triton reads this when first imported, by whichever test module imports it first.
@@ -64,15 +72,18 @@ def bulk_local_run(bulk_inputs: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(RUN_ONNX_CACHE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def embedded_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ONNX cache holding the embedded model's portable graph, exported and checked once by ``auto`` (the
-    export is the slowest step of the tests that need it)."""
+def embedded_onnx_cache() -> Path:
+    """The run's ONNX cache (``POSE_ONNX_CACHE``), holding the embedded model's portable graph as ``auto``
+    exported and checked it (the export is the slowest step of the tests that need it)."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     from pose.config import DEFAULT_MODEL, load_model_config
     from pose.runtimes import RuntimeOptions, automatic_backend
 
-    cache = tmp_path_factory.mktemp("onnx_cache")
-    backend = automatic_backend(load_model_config(DEFAULT_MODEL), RuntimeOptions(onnx_cache=cache))
+    backend = automatic_backend(load_model_config(DEFAULT_MODEL), RuntimeOptions(onnx_cache=RUN_ONNX_CACHE))
     assert backend.name == "onnx", getattr(backend, "report", None)
-    return cache
+    return RUN_ONNX_CACHE

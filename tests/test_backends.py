@@ -166,7 +166,7 @@ def test_float32_heads_need_a_float16_network() -> None:
 
 @pytest.fixture
 def onnx_cache(embedded_onnx_cache: Path) -> Path:
-    """The session's one export of the embedded model's portable graph, made by ``auto`` into an empty cache."""
+    """The run's cache, holding the embedded model's portable graph as ``auto`` exported it."""
     return embedded_onnx_cache
 
 
@@ -179,9 +179,9 @@ def test_auto_on_a_cpu_serves_onnx_runtime_from_the_cache_once_it_matches_torch(
         raise AssertionError("exported again although the cache holds the graph")
 
     monkeypatch.setattr(export.onnx_export, "export_onnx", no_export)
-    (graph,) = onnx_cache.glob("*/model-torch*.onnx")
-    assert not list(onnx_cache.glob("*/*.partial"))
     config = load_model_config(MODEL)
+    (graph,) = onnx_cache.glob(f"{config.name}-*/model-torch*.onnx")
+    assert not list(onnx_cache.glob("*/*.partial"))
     backend = automatic_backend(config, RuntimeOptions(onnx_cache=onnx_cache))
     assert backend.name == "onnx" and backend.report.backend == "onnx"  # type: ignore[attr-defined]
     x = torch.rand(2, 3, 256, 320)
