@@ -77,9 +77,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_onnx_cache() -> Path:
-    """The run's ONNX cache (``POSE_ONNX_CACHE``), holding the embedded model's portable graph as ``auto``
-    exported and checked it (the export is the slowest step of the tests that need it)."""
+def onnx_cache() -> Path:
+    """The run's ONNX cache (``POSE_ONNX_CACHE``, so also the API's, the CLI's and bulk jobs'), holding the
+    embedded model's portable graph as ``auto`` exported and checked it (the export is the slowest step of
+    the tests that need it)."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     from pose.config import DEFAULT_MODEL, load_model_config
     from pose.runtimes import RuntimeOptions, automatic_backend

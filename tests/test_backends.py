@@ -164,12 +164,6 @@ def test_float32_heads_need_a_float16_network() -> None:
     assert Settings(model=MODEL, device="cuda", half=True, float32_heads=True).float32_heads
 
 
-@pytest.fixture
-def onnx_cache(embedded_onnx_cache: Path) -> Path:
-    """The run's cache, holding the embedded model's portable graph as ``auto`` exported it."""
-    return embedded_onnx_cache
-
-
 def test_auto_on_a_cpu_serves_onnx_runtime_from_the_cache_once_it_matches_torch(
     onnx_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -22,15 +21,6 @@ from pose.runtimes.agreement import AGREEMENT_BAR, check_poses_agree, drawn_scen
 from pose.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-
-
-@pytest.fixture(scope="module")
-def onnx_cache(embedded_onnx_cache: Path) -> Iterator[Path]:
-    """The session's cache, holding the embedded model's portable graph; also what ``POSE_ONNX_CACHE`` names
-    for the API, the CLI and bulk jobs."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("POSE_ONNX_CACHE", str(embedded_onnx_cache))
-        yield embedded_onnx_cache
 
 
 @pytest.fixture(scope="module")
